@@ -1,0 +1,5 @@
+import sys
+
+from mnasnet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,141 @@
+"""Our checkpoint format: safetensors weights plus the metadata that rebuilds the model.
+
+The safetensors header carries JSON under ``mnasnet``: the resolved model config
+(block strings, widths, padding, BN settings), the evaluation preprocessing and,
+when known, the class labels. ``load_model(path)`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from mnasnet.data.preprocess import Preprocess
+from mnasnet.errors import BlockStringError, CheckpointError
+from mnasnet.fileio import atomic_path
+from mnasnet.model import MnasNet, MnasNetConfig
+
+__all__ = ["Checkpoint", "load_model", "read_checkpoint", "save_checkpoint"]
+
+FORMAT_NAME = "mnasnet"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """What one of our checkpoint files holds."""
+
+    config: MnasNetConfig
+    state_dict: dict[str, torch.Tensor]
+    preprocess: Preprocess
+    labels: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(
+    model: MnasNet,
+    path: str | os.PathLike,
+    *,
+    preprocess: Preprocess | None = None,
+    labels: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Writes ``model`` to ``path`` (atomically) with everything needed to rebuild it.
+
+    Args:
+        preprocess: evaluation preprocessing; defaults to the model's own, else a
+            0.875 centre crop at the model's resolution.
+        labels: class names, one per output; defaults to the model's own.
+        extra: any further JSON-serialisable provenance (source, converter, ...).
+    """
+    preprocess = preprocess or getattr(model, "preprocess", None) or Preprocess.for_resolution(model.config.resolution)
+    labels = labels if labels is not None else getattr(model, "labels", None)
+    if labels is not None and len(labels) != model.config.num_classes:
+        raise CheckpointError(f"{len(labels)} labels given for a model with {model.config.num_classes} classes")
+    header = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "preprocess": preprocess.to_dict(),
+        "labels": labels,
+        "extra": extra or {},
+    }
+    # safetensors refuses shared or non-contiguous storage; clone to plain tensors
+    tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
+    with atomic_path(path) as temp:
+        save_file(tensors, str(temp), metadata={FORMAT_NAME: json.dumps(header)})
+    return Path(path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Reads and validates one of our checkpoint files (without building the model)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state_dict = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({error})") from None
+    if FORMAT_NAME not in metadata:
+        raise CheckpointError(
+            f"{path} is a safetensors file without mnasnet metadata; "
+            "convert it first with `mnasnet convert SRC OUT --from torchvision|timm|tf`"
+        )
+    try:
+        header = json.loads(metadata[FORMAT_NAME])
+        if header.get("format_version", 0) > FORMAT_VERSION:
+            raise CheckpointError(f"{path} was written by a newer mnasnet (format {header['format_version']})")
+        config = MnasNetConfig.from_dict(header["config"])
+        preprocess = Preprocess.from_dict(header.get("preprocess") or {})
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, BlockStringError) as error:
+        raise CheckpointError(f"{path} has corrupt mnasnet metadata ({error})") from None
+    return Checkpoint(config, state_dict, preprocess, header.get("labels"), header.get("extra") or {})
+
+
+def model_from_checkpoint(checkpoint: Checkpoint, source: str = "checkpoint") -> MnasNet:
+    """Builds the model a :class:`Checkpoint` describes and loads its weights strictly."""
+    model = MnasNet(checkpoint.config)
+    expected = model.state_dict()
+    problems = []
+    missing = sorted(set(expected) - set(checkpoint.state_dict))
+    unexpected = sorted(set(checkpoint.state_dict) - set(expected))
+    if missing:
+        problems.append(f"missing {len(missing)} tensors (first: {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (first: {unexpected[0]})")
+    for name in sorted(set(expected) & set(checkpoint.state_dict)):
+        if expected[name].shape != checkpoint.state_dict[name].shape:
+            problems.append(
+                f"{name} has shape {tuple(checkpoint.state_dict[name].shape)}, "
+                f"the model expects {tuple(expected[name].shape)}"
+            )
+            break
+    if problems:
+        raise CheckpointError(f"{source} does not match its architecture: " + "; ".join(problems))
+    model.load_state_dict(checkpoint.state_dict)
+    model.preprocess = checkpoint.preprocess
+    model.labels = checkpoint.labels
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike) -> MnasNet:
+    """Rebuilds the exact model stored in one of our checkpoint files, in eval mode.
+
+    The returned model carries ``preprocess`` and ``labels`` from the file.
+
+    Raises:
+        CheckpointError: the file is missing, corrupt, of another format, or its
+            tensors do not fit the architecture it names.
+    """
+    return model_from_checkpoint(read_checkpoint(path), source=str(path))

@@ -1,0 +1,5 @@
+"""``mnasnet summary`` and ``mnasnet convert``."""
+
+
+def register(subparsers) -> None:
+    pass

@@ -1,0 +1,5 @@
+"""Commands of the weights issue (being written)."""
+
+
+def register(subparsers) -> None:
+    pass

@@ -1,0 +1,1 @@
+"""Preprocessing, datasets and ImageNet labels."""

@@ -1,0 +1,1 @@
+"""Deployment: ONNX and TFLite export, int8 quantisation, runtimes."""

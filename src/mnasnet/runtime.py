@@ -1,0 +1,87 @@
+"""One small interface over every runtime that can run a MnasNet: PyTorch, ONNX Runtime, LiteRT.
+
+``predict`` and ``evaluate`` only talk to a :class:`Predictor`, so an exported
+``.onnx`` or ``.tflite`` file works wherever a checkpoint does.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnasnet.data.preprocess import Preprocess
+from mnasnet.errors import CheckpointError
+
+__all__ = ["Predictor", "TorchPredictor", "load_predictor", "register_runtime"]
+
+
+class Predictor(abc.ABC):
+    """Runs a classifier on a batch of preprocessed images.
+
+    Attributes:
+        preprocess: how images must be prepared for this model.
+        labels: class names, or ``None`` when the model does not know them.
+        name: a short description of the runtime (for tables and logs).
+    """
+
+    preprocess: Preprocess
+    labels: list[str] | None
+    name: str
+
+    @abc.abstractmethod
+    def predict_logits(self, images: np.ndarray) -> np.ndarray:
+        """Maps float32 NCHW images, normalised as ``preprocess`` says, to float32 logits [N, classes]."""
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        if isinstance(images, torch.Tensor):
+            images = images.detach().cpu().numpy()
+        return self.predict_logits(np.ascontiguousarray(images, dtype=np.float32))
+
+
+class TorchPredictor(Predictor):
+    """A PyTorch :class:`~mnasnet.model.MnasNet` in eval mode."""
+
+    def __init__(self, model: torch.nn.Module, preprocess: Preprocess | None = None, labels: list[str] | None = None):
+        self.model = model.eval()
+        config = getattr(model, "config", None)
+        default = Preprocess.for_resolution(config.resolution) if config is not None else Preprocess()
+        self.preprocess = preprocess or getattr(model, "preprocess", None) or default
+        self.labels = labels if labels is not None else getattr(model, "labels", None)
+        self.name = "pytorch"
+
+    def predict_logits(self, images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(images)).float().numpy()
+
+
+# Suffix -> loader; the deploy package registers ".onnx" and ".tflite".
+_RUNTIMES: dict[str, Callable[[Path], Predictor]] = {}
+
+
+def register_runtime(suffix: str, loader: Callable[[Path], Predictor]) -> None:
+    """Makes :func:`load_predictor` open files ending in ``suffix`` with ``loader``."""
+    _RUNTIMES[suffix.lower()] = loader
+
+
+def load_predictor(weights: str | os.PathLike) -> Predictor:
+    """Opens a checkpoint, an exported file or a registry name as a :class:`Predictor`."""
+    path = Path(weights)
+    suffix = path.suffix.lower()
+    if suffix not in _RUNTIMES and suffix in (".onnx", ".tflite"):
+        import mnasnet.deploy  # noqa: F401  (registers the exported-file runtimes)
+    if suffix in _RUNTIMES:
+        if not path.is_file():
+            raise CheckpointError(f"model file not found: {path}")
+        return _RUNTIMES[suffix](path)
+    if path.exists() or suffix in (".safetensors", ".pth", ".pt"):
+        from mnasnet.checkpoint import load_model
+
+        return TorchPredictor(load_model(path))
+    from mnasnet.weights import load_weights  # a registry name
+
+    return TorchPredictor(load_weights(str(weights)))

@@ -1,0 +1,1 @@
+"""Published weights: registry, download and cache, converters."""
