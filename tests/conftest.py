@@ -9,22 +9,29 @@ sys.path.insert(0, str(Path(__file__).parent))  # for `import oracles`
 REFERENCE_MD = Path(__file__).resolve().parents[1].parent / "shared" / "REFERENCE.md"
 
 
-def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Gives every BN layer realistic statistics and affine weights.
+def randomize_bn(model: torch.nn.Module, seed: int = 0, resolution: int = 64) -> torch.nn.Module:
+    """Gives every BN layer realistic statistics and affine weights, in eval mode.
 
-    Freshly initialised BN (mean 0, var 1, gamma 1, beta 0) makes logits tiny, so
-    any two implementations would look equal; these make every layer count.
+    Freshly initialised BN (mean 0, var 1, gamma 1, beta 0) leaves logits tiny or
+    huge, so any two implementations would look alike. Here gamma and beta are
+    random and the running statistics are measured on random images, as training
+    would measure them, so every layer shapes the output.
     """
     generator = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.2)
-                module.running_var.copy_(torch.rand(n, generator=generator) * 0.5 + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
-                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
-    return model
+        for module in norms:
+            n = module.num_features
+            module.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
+            module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration batches
+        model.train()
+        for _ in range(2):
+            model(torch.randn(8, 3, resolution, resolution, generator=generator))
+    for module in norms:
+        module.momentum = 0.01
+    return model.eval()
 
 
 @pytest.fixture

@@ -77,22 +77,16 @@ class MBConvBlock(nn.Module):
     ``in_channels`` is what the previous layer really produces.
     """
 
-    def __init__(
-        self, in_channels: int, spec: BlockSpec, config: MnasNetConfig, drop_path_rate: float = 0.0
-    ) -> None:
+    def __init__(self, in_channels: int, spec: BlockSpec, config: MnasNetConfig, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         norm = {"bn_eps": config.bn_eps, "bn_momentum": config.bn_momentum, "padding": config.padding}
         # The reference sizes the expansion from the string's input filters; with
         # e == 1 there is no expansion and the depthwise conv takes what comes in.
         expanded = spec.input_filters * spec.expand_ratio if spec.expand_ratio != 1 else in_channels
         self.expand = ConvBNAct(in_channels, expanded, 1, **norm) if spec.expand_ratio != 1 else None
-        self.depthwise = ConvBNAct(
-            expanded, expanded, spec.kernel_size, stride=spec.stride, groups=expanded, **norm
-        )
+        self.depthwise = ConvBNAct(expanded, expanded, spec.kernel_size, stride=spec.stride, groups=expanded, **norm)
         # SE width comes from the block's input filters, not the expanded width.
-        self.se = (
-            SqueezeExcite(expanded, max(1, int(spec.input_filters * spec.se_ratio))) if spec.se_ratio else None
-        )
+        self.se = SqueezeExcite(expanded, max(1, int(spec.input_filters * spec.se_ratio))) if spec.se_ratio else None
         self.project = ConvBNAct(expanded, spec.output_filters, 1, act=False, **norm)
         self.has_skip = spec.id_skip and spec.strides == (1, 1) and spec.input_filters == spec.output_filters
         if self.has_skip and in_channels != spec.output_filters:
@@ -238,17 +232,28 @@ class MnasNet(nn.Module):
                 last_at_stride[stride] = (stage_index, block_index, block.out_channels)
         for tap_stride, (stage_index, block_index, channels) in sorted(last_at_stride.items()):
             info.append(
-                {"name": f"stride{tap_stride}", "stride": tap_stride, "channels": channels,
-                 "block": (stage_index, block_index), "expanded": False}
+                {
+                    "name": f"stride{tap_stride}",
+                    "stride": tap_stride,
+                    "channels": channels,
+                    "block": (stage_index, block_index),
+                    "expanded": False,
+                }
             )
         if expand_tap is not None:
             stage_index, block_index, tap_stride, channels = expand_tap
             info.append(
-                {"name": f"expand{tap_stride}", "stride": tap_stride, "channels": channels,
-                 "block": (stage_index, block_index), "expanded": True}
+                {
+                    "name": f"expand{tap_stride}",
+                    "stride": tap_stride,
+                    "channels": channels,
+                    "block": (stage_index, block_index),
+                    "expanded": True,
+                }
             )
-        info.append({"name": "head", "stride": stride, "channels": self.config.head_filters,
-                     "block": None, "expanded": False})
+        info.append(
+            {"name": "head", "stride": stride, "channels": self.config.head_filters, "block": None, "expanded": False}
+        )
         return info
 
     @property

@@ -1,0 +1,65 @@
+"""Inference speed of our MnasNet against timm's, side by side in one run.
+
+    .venv/bin/python benchmarks/model_speed.py [--arch a1] [--threads 2] [--rounds 5]
+
+Both models run in eval mode under torch.inference_mode on the same inputs,
+interleaved round by round so that machine noise hits both alike. Prints the
+median latency of each and the ratio timm/ours (> 1 means ours is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import mnasnet  # noqa: E402
+
+from oracles import import_timm  # noqa: E402
+
+TIMM_NAMES = {"a1": "semnasnet_100", "b1": "mnasnet_100", "small": "mnasnet_small"}
+
+
+def time_call(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model(x)
+        return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="a1", choices=sorted(TIMM_NAMES))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--resolution", type=int, default=224)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    timm = import_timm()
+    ours = mnasnet.create_model(args.arch).eval()
+    theirs = timm.create_model(TIMM_NAMES[args.arch]).eval()
+    print(
+        f"MnasNet-{args.arch} vs timm {TIMM_NAMES[args.arch]}, {args.resolution}px, {args.threads} threads, "
+        f"torch {torch.__version__}, timm {timm.__version__}"
+    )
+    print(f"{'batch':>5} {'ours ms':>9} {'timm ms':>9} {'timm/ours':>10}")
+    for batch, repeats in ((1, 20), (32, 2)):
+        x = torch.randn(batch, 3, args.resolution, args.resolution)
+        for model in (ours, theirs):  # warm-up: first calls allocate and pick kernels
+            time_call(model, x, 2)
+        ours_times, timm_times = [], []
+        for _ in range(args.rounds):
+            ours_times.append(time_call(ours, x, repeats))
+            timm_times.append(time_call(theirs, x, repeats))
+        ours_ms, timm_ms = statistics.median(ours_times) * 1e3, statistics.median(timm_times) * 1e3
+        print(f"{batch:>5} {ours_ms:>9.1f} {timm_ms:>9.1f} {timm_ms / ours_ms:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
