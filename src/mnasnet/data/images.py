@@ -26,18 +26,21 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise DataError(f"cannot read image {path}: {error}") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale: scale to 8 bits instead of clipping
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        # 16-bit (or 32-bit) grayscale: scale to 8 bits instead of clipping. 16-bit modes
+        # always span 0-65535; a 32-bit "I" image is 16-bit data when it exceeds 255.
         import numpy as np
 
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
-        image = Image.fromarray((array * (255.0 / peak)).round().astype("uint8"), mode="L")
+        sixteen_bit = image.mode.startswith("I;16") or array.max(initial=0) > 255
+        peak = 65535.0 if sixteen_bit else 255.0
+        array = np.clip(array * (255.0 / peak), 0, 255)
+        image = Image.fromarray(array.round().astype("uint8"))
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))

@@ -1,1 +1,14 @@
 """Published weights: registry, download and cache, converters."""
+
+from mnasnet.weights.download import DownloadError, cache_dir, load_weights
+from mnasnet.weights.registry import Weights, get_weights, list_weights, register_weights
+
+__all__ = [
+    "DownloadError",
+    "Weights",
+    "cache_dir",
+    "get_weights",
+    "list_weights",
+    "load_weights",
+    "register_weights",
+]

@@ -1,0 +1,209 @@
+"""Download, verify, convert once, and cache published weights.
+
+Cache layout (``cache_dir()``)::
+
+    downloads/<publisher's file name>     the file as published, hash-checked
+    converted/<registry name>.safetensors our checkpoint, with preprocessing and labels
+
+Every file is written under a temporary name and renamed when complete, so an
+interrupted download or a hash mismatch leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mnasnet.errors import CheckpointError, MnasNetError
+from mnasnet.fileio import atomic_path
+from mnasnet.model import MnasNet
+from mnasnet.weights.registry import Weights, get_weights, list_weights
+
+__all__ = ["DownloadError", "HashMismatchError", "cache_dir", "download_file", "fetch_weights_file", "load_weights"]
+
+_CHUNK = 1 << 16
+
+
+class DownloadError(MnasNetError):
+    """A file could not be downloaded or failed its hash check."""
+
+
+class HashMismatchError(DownloadError):
+    """A file's SHA-256 differs from the one its publisher gives."""
+
+
+def cache_dir() -> Path:
+    """``$MNASNET_HOME``, else ``$XDG_CACHE_HOME/mnasnet``, else the platform's user cache folder."""
+    if os.environ.get("MNASNET_HOME"):
+        return Path(os.environ["MNASNET_HOME"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "mnasnet"
+    home = Path.home()
+    if sys.platform == "darwin":
+        return home / "Library" / "Caches" / "mnasnet"
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA", home / "AppData" / "Local")) / "mnasnet" / "Cache"
+    return home / ".cache" / "mnasnet"
+
+
+def download_file(
+    url: str, destination: str | os.PathLike, *, sha256: str | None = None, progress: bool = True, timeout: float = 30
+) -> str:
+    """Downloads ``url`` to ``destination`` atomically and checks its SHA-256.
+
+    Args:
+        sha256: the expected hex digest, or a prefix of it; ``None`` skips the check.
+        progress: show a tqdm bar on stderr.
+
+    Returns:
+        The file's full SHA-256 hex digest.
+
+    Raises:
+        DownloadError: network or HTTP failure, a short transfer, or a hash mismatch.
+            No file is left at ``destination`` (or beside it).
+    """
+    destination = Path(destination)
+    digest = hashlib.sha256()
+    try:
+        with atomic_path(destination) as temp, urllib.request.urlopen(url, timeout=timeout) as response:
+            expected_size = int(response.headers.get("Content-Length") or 0) or None
+            received = 0
+            with (
+                open(temp, "wb") as handle,
+                tqdm(
+                    total=expected_size,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=destination.name,
+                    disable=not progress,
+                    file=sys.stderr,
+                ) as bar,
+            ):
+                while chunk := response.read(_CHUNK):
+                    handle.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+            if expected_size is not None and received != expected_size:
+                raise DownloadError(f"download of {url} stopped after {received} of {expected_size} bytes")
+            actual = digest.hexdigest()
+            if sha256 is not None and not actual.startswith(sha256.lower()):
+                raise HashMismatchError(
+                    f"{url} has sha256 {actual}, but its publisher gives {sha256}; the download was discarded"
+                )
+    except urllib.error.HTTPError as error:
+        raise DownloadError(f"could not download {url}: HTTP {error.code} {error.reason}") from None
+    except http.client.IncompleteRead as error:
+        raise DownloadError(f"download of {url} was interrupted after {len(error.partial)} bytes") from None
+    except (TimeoutError, urllib.error.URLError, http.client.HTTPException, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise DownloadError(f"could not download {url}: {reason}") from None
+    return actual
+
+
+def _verify_file(path: Path, sha256: str | None) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    actual = digest.hexdigest()
+    if sha256 is not None and not actual.startswith(sha256.lower()):
+        raise HashMismatchError(
+            f"{path} has sha256 {actual}, but its publisher gives {sha256}; delete it and try again"
+        )
+    return actual
+
+
+def fetch_weights_file(weights: Weights, *, progress: bool = True) -> tuple[Path, str]:
+    """The publisher's file for ``weights`` in the cache, downloaded if missing; returns (path, sha256)."""
+    path = cache_dir() / "downloads" / weights.file_name
+    if path.is_file():  # downloaded earlier, or put there by hand
+        return path, _verify_file(path, weights.sha256)
+    failures = []
+    for url in weights.urls:
+        try:
+            return path, download_file(url, path, sha256=weights.sha256, progress=progress)
+        except HashMismatchError:
+            raise  # the file was served but is not the published one; a mirror will not help
+        except DownloadError as error:
+            failures.append(str(error))
+    raise DownloadError(
+        f"{'; '.join(failures)}. Without network access, download {weights.url} yourself "
+        f"and put it at {path} (or pass the path of a converted .safetensors checkpoint instead of a name)"
+    )
+
+
+def _converted_path(weights: Weights) -> Path:
+    return cache_dir() / "converted" / f"{weights.name}.safetensors"
+
+
+def _convert(weights: Weights, source_path: Path, source_sha256: str) -> Path:
+    from mnasnet.checkpoint import save_checkpoint
+    from mnasnet.data.labels import imagenet_labels
+    from mnasnet.weights.convert import convert_file
+
+    model = convert_file(source_path, weights.source, arch=weights.arch, width_multiplier=weights.width_multiplier)
+    labels = imagenet_labels()
+    if model.config.num_classes == len(labels) + 1:  # TF checkpoints with a background class 0
+        labels = ["background", *labels]
+    extra = {
+        "weights": weights.name,
+        "publisher_name": weights.publisher_name,
+        "source": weights.source,
+        "source_url": weights.url,
+        "source_sha256": source_sha256,
+        "license": weights.license,
+    }
+    return save_checkpoint(model, _converted_path(weights), preprocess=weights.preprocess, labels=labels, extra=extra)
+
+
+def _weights_for_file(path: Path) -> Weights | None:
+    return next((weights for weights in list_weights() if weights.file_name == path.name), None)
+
+
+def load_weights(name_or_path: str | os.PathLike, *, progress: bool = True) -> MnasNet:
+    """A model with published or saved weights, in eval mode, carrying its preprocessing and labels.
+
+    Args:
+        name_or_path: a registry name (``mnasnet weights`` lists them; the publisher's
+            name works too), the path of one of our checkpoints, or the path of a
+            publisher's file as the registry names it (it is checked and converted).
+        progress: show download progress on stderr.
+
+    Raises:
+        ValueError: unknown name.
+        DownloadError: the file cannot be fetched or fails its hash check.
+        CheckpointError: a local file is not a usable checkpoint.
+    """
+    from mnasnet.checkpoint import load_model
+
+    path = Path(name_or_path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a folder; convert a TF checkpoint folder first with "
+            f"`mnasnet convert {path} OUT.safetensors --from tf --arch ARCH`"
+        )
+    if path.exists():
+        weights = _weights_for_file(path)
+        if weights is not None and path.suffix != ".safetensors":
+            return load_model(_convert(weights, path, _verify_file(path, weights.sha256)))
+        return load_model(path)
+    if path.suffix in (".safetensors", ".pth", ".pt", ".tgz", ".gz") or os.sep in str(name_or_path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    weights = get_weights(str(name_or_path))
+    converted = _converted_path(weights)
+    if converted.is_file():
+        try:
+            return load_model(converted)
+        except CheckpointError:
+            converted.unlink()  # written by an incompatible version; convert again
+    source_path, source_sha256 = fetch_weights_file(weights, progress=progress)
+    return load_model(_convert(weights, source_path, source_sha256))
