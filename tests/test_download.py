@@ -234,3 +234,38 @@ def test_missing_local_path_and_unknown_name(home):
         load_weights("b1_100.nowhere")
     assert issubclass(DownloadError, MnasNetError)
     assert download.__name__ == "mnasnet.weights.download"
+
+
+def test_google_tf_entry_downloads_converts_and_matches_tensorflow(home):
+    # Google's entries are TF checkpoint tarballs with no published hash; serve the
+    # TensorFlow-written fixture under such an entry and check TF's own logits.
+    fixtures = Path(__file__).parent / "fixtures" / "tf"
+    payload = (fixtures / "mnasnet-a1-0.2.tar.gz").read_bytes()
+    with _Server({"/mnasnet-a1-test.tgz": payload}) as server:
+        entry = _test_entry(
+            "a1_100.google_in1k",
+            name="a1_020.test_google",
+            publisher_name="mnasnet-a1-test",
+            url=f"{server.url}/mnasnet-a1-test.tgz",
+            width_multiplier=0.2,
+            num_classes=10,
+            labels="",
+        )
+        assert entry.sha256 is None and entry.source == "tf"
+        registry.register_weights(entry)
+        model = load_weights("a1_020.test_google", progress=False)
+        # the same file named as ImageNet weights has the wrong class count: one clear error
+        registry.register_weights(
+            dataclasses.replace(entry, name="a1_020.bad_google", publisher_name="bad", labels="imagenet-1k")
+        )
+        with pytest.raises(CheckpointError, match="has 10 classes"):
+            load_weights("a1_020.bad_google", progress=False)
+    assert model.config.padding == "same" and model.preprocess == entry.preprocess
+    with np.load(fixtures / "logits.npz") as data:
+        pixels, expected = data["input_224"], data["a1_logits_224"]
+    mean = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
+    std = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
+    images = torch.from_numpy(((pixels.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        np.testing.assert_allclose(model(images).numpy(), expected, atol=1e-4)
+    assert not (home / "converted" / "a1_020.bad_google.safetensors").exists()

@@ -151,9 +151,13 @@ def _convert(weights: Weights, source_path: Path, source_sha256: str) -> Path:
     from mnasnet.weights.convert import convert_file
 
     model = convert_file(source_path, weights.source, arch=weights.arch, width_multiplier=weights.width_multiplier)
-    labels = imagenet_labels()
-    if model.config.num_classes == len(labels) + 1:  # TF checkpoints with a background class 0
+    labels = imagenet_labels() if weights.labels == "imagenet-1k" else None
+    if labels and model.config.num_classes == len(labels) + 1:  # TF checkpoints with a background class 0
         labels = ["background", *labels]
+    if labels and model.config.num_classes != len(labels):
+        raise CheckpointError(
+            f"{source_path} has {model.config.num_classes} classes, but {weights.name} should have {len(labels)}"
+        )
     extra = {
         "weights": weights.name,
         "publisher_name": weights.publisher_name,
