@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "mnasnet.cli.weights_commands",  # weights, predict
     "mnasnet.cli.train_commands",  # train, evaluate, plot
     "mnasnet.cli.deploy_commands",  # export, benchmark, npu-report
+    "mnasnet.cli.workflow_commands",  # demo
 )
 
 

@@ -1,0 +1,47 @@
+"""The main job end to end, in its reduced (--quick) configuration, as `make demo` runs it."""
+
+import json
+import re
+
+import pytest
+from PIL import Image
+
+import mnasnet
+from mnasnet.cli import main
+
+
+@pytest.mark.slow
+def test_demo_writes_a_report_with_measured_figures(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MNASNET_HOME", str(tmp_path / "home"))
+    output = tmp_path / "report"
+    assert main(["demo", "--quick", "--output", str(output)]) == 0
+    assert f"report: {output / 'README.md'}" in capsys.readouterr().out
+
+    report = (output / "README.md").read_text()
+    results = json.loads((output / "results.json").read_text())
+    files = ["model.safetensors", "model_fp32.onnx", "model_int8.onnx", "model_fp32.tflite", "model_int8.tflite",
+             "model_int8_per_tensor.tflite"]  # fmt: skip
+    for name in files:
+        assert (output / "models" / name).stat().st_size > 10_000
+        assert f"| `{name}` |" in report
+        assert 0 <= results["accuracy"][name]["top1"] <= 100
+    # float32 exports classify as PyTorch does; the evaluation set is the digits validation split
+    torch_top1 = results["accuracy"]["model.safetensors"]["top1"]
+    assert abs(results["accuracy"]["model_fp32.onnx"]["top1"] - torch_top1) < 0.5
+    assert abs(results["accuracy"]["model_fp32.tflite"]["top1"] - torch_top1) < 0.5
+    assert results["accuracy"]["model.safetensors"]["n"] > 300
+    # every runtime measured, with real timings
+    runtimes = {(row["file"], row["batch"]) for row in results["latency"]}
+    assert ("model.safetensors", 32) in runtimes and ("model_int8.tflite", 1) in runtimes
+    assert all(row["median_ms"] > 0 and row["images_per_s"] > 0 for row in results["latency"])
+    # parameters and MACs of the trained model, as the profiler counts them
+    model = mnasnet.load_model(output / "models" / "model.safetensors")
+    assert results["params"] == sum(p.numel() for p in model.parameters())
+    assert f"{results['params']:,} parameters" in report
+    # Vela put every operator on the NPU
+    assert re.search(r"\*\*\d+ operators on the NPU, 0 falling back to the CPU\*\*", report)
+    # plots are real PNGs, and held-out images were classified
+    for plot in ("training_curves.png", "latency_vs_accuracy.png"):
+        with Image.open(output / plot) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+    assert len(results["predictions"]) == 2 and all(p.get("top") for p in results["predictions"])
