@@ -1,0 +1,118 @@
+"""Top-1/top-5 accuracy of any :class:`~mnasnet.runtime.Predictor` on an image-folder dataset.
+
+The evaluator only calls ``predictor.predict_logits`` on images prepared with the
+predictor's own ``preprocess``, so checkpoints, registry weights and exported
+ONNX/TFLite files are measured the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnasnet.data.datasets import ImageFolderDataset, make_loader, resolve_dataset
+from mnasnet.data.preprocess import build_eval_transform
+from mnasnet.errors import DataError
+from mnasnet.runtime import Predictor, load_predictor
+from mnasnet.train.metrics import topk_correct
+
+__all__ = ["evaluate", "evaluation_folder"]
+
+
+def evaluation_folder(data: str | os.PathLike, split: str = "val") -> Path:
+    """The class-folder directory to evaluate: ``DATA/split`` if it exists, else ``DATA`` itself.
+
+    ``data`` may be a built-in dataset name (``digits``).
+
+    Raises:
+        DataError: the folder is missing.
+    """
+    root = resolve_dataset(data)
+    return root / split if (root / split).is_dir() else root
+
+
+def _class_index(classes: list[str], labels: list[str] | None, num_outputs: int) -> np.ndarray:
+    """Model output index of each dataset class: by name when the model knows its labels, else by order."""
+    if labels and all(name in labels for name in classes):
+        position = {name: i for i, name in enumerate(labels)}
+        return np.array([position[name] for name in classes], dtype=np.int64)
+    if len(classes) > num_outputs:
+        raise DataError(f"the dataset has {len(classes)} classes but the model predicts only {num_outputs}")
+    # e.g. ImageNet's synset folders against human-readable labels: sorted folders = output order
+    return np.arange(len(classes), dtype=np.int64)
+
+
+def evaluate(
+    predictor: Predictor | str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    split: str = "val",
+    batch_size: int = 64,
+    per_class: bool = False,
+    limit: int | None = None,
+    workers: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Measures top-1 and top-5 accuracy (percent) on ``data``.
+
+    Args:
+        predictor: a Predictor, or what :func:`mnasnet.runtime.load_predictor` opens
+            (checkpoint path, registry name, ``.onnx``/``.tflite`` file).
+        data: a dataset folder (its ``split`` sub-folder is used when present, else the
+            folder itself holds the class folders) or a built-in dataset name.
+        split: the sub-folder to evaluate.
+        batch_size: images per ``predict_logits`` call.
+        per_class: also report top-1 and image count per class.
+        limit: evaluate only this many images, spread evenly over the (class-sorted) set.
+        workers: DataLoader worker processes for decoding.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        ``{"top1", "top5", "n", "runtime"}`` and, with ``per_class``, ``"per_class": {name: {"top1", "n"}}``.
+        With fewer than five classes ``top5`` counts the top-k over all classes.
+
+    Raises:
+        DataError: the folder is missing, empty, or has more classes than the model.
+    """
+    import torch
+    from torch.utils.data import Subset
+
+    if not isinstance(predictor, Predictor):
+        predictor = load_predictor(predictor)
+    dataset = ImageFolderDataset(evaluation_folder(data, split), transform=build_eval_transform(predictor.preprocess))
+    indices = np.arange(len(dataset))
+    if limit is not None and limit < len(dataset):
+        indices = np.unique(np.linspace(0, len(dataset) - 1, max(limit, 1)).round().astype(np.int64))
+    subset = Subset(dataset, indices.tolist())
+    loader = make_loader(subset, torch.utils.data.SequentialSampler(subset), batch_size=batch_size, workers=workers)
+    all_logits, all_targets = [], []
+    batches = loader
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, desc=f"evaluate {predictor.name}", unit="batch", leave=False)
+    for images, targets in batches:
+        all_logits.append(np.asarray(predictor(images.numpy()), dtype=np.float32))
+        all_targets.append(targets.numpy())
+    logits = np.concatenate(all_logits)
+    mapping = _class_index(dataset.classes, predictor.labels, logits.shape[1])
+    targets = mapping[np.concatenate(all_targets)]
+    top1 = topk_correct(logits, targets, 1)
+    top5 = topk_correct(logits, targets, 5)
+    result: dict[str, Any] = {
+        "top1": 100.0 * float(top1.mean()),
+        "top5": 100.0 * float(top5.mean()),
+        "n": int(len(targets)),
+        "runtime": predictor.name,
+    }
+    if per_class:
+        dataset_targets = np.asarray(dataset.targets)[indices]
+        result["per_class"] = {
+            name: {"top1": 100.0 * float(top1[dataset_targets == c].mean()), "n": int((dataset_targets == c).sum())}
+            for c, name in enumerate(dataset.classes)
+            if (dataset_targets == c).any()
+        }
+    return result

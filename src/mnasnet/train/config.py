@@ -1,0 +1,216 @@
+"""Training configuration: one dataclass, the ``paper`` and ``finetune`` presets, YAML files, overrides.
+
+Precedence, lowest first: the preset named by ``recipe``, a YAML file, explicit
+overrides (command-line flags). The resolved configuration is saved with the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mnasnet.errors import MnasNetError
+from mnasnet.fileio import atomic_write_text
+
+__all__ = ["PRESETS", "TrainConfig", "load_config", "save_config"]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every setting of a training run. ``None`` means "the recipe or the architecture decides"."""
+
+    # what to train, on what
+    data: str = "digits"
+    arch: str = "a1"
+    width: float | None = None
+    resolution: int = 224
+    weights: str | None = None  # a registry name or checkpoint to start from (required by finetune)
+    recipe: str = "paper"
+    output: str = "runs/mnasnet"
+    # length and batch
+    epochs: int = 350
+    batch_size: int = 128  # per process; the global batch is batch_size * world_size * accum_steps
+    accum_steps: int = 1
+    max_steps: int | None = None  # stop (with a checkpoint) after this many optimizer steps in total
+    # optimiser and schedule
+    optimizer: str = "rmsprop_tf"  # rmsprop_tf | sgd
+    base_lr: float = 0.016  # per base_batch images, scaled linearly with the global batch
+    base_batch: int = 256
+    lr: float | None = None  # an absolute peak learning rate, overriding base_lr scaling
+    schedule: str = "exponential"  # exponential | cosine | constant
+    warmup_epochs: float = 5.0
+    decay_rate: float = 0.97
+    decay_epochs: float = 2.4
+    min_lr: float = 0.0
+    rmsprop_decay: float = 0.9
+    momentum: float = 0.9
+    epsilon: float = 1e-3
+    # regularisation
+    weight_decay: float = 1e-5  # L2 loss on all non-BN weights
+    label_smoothing: float = 0.1
+    ema_decay: float = 0.9999  # 0 turns the EMA off
+    dropout: float | None = 0.2
+    drop_path_rate: float = 0.0
+    zero_init_head: bool = False  # start the classifier at zero (the reference's init suits 1000 classes)
+    bn_momentum: float | None = None  # PyTorch convention; None keeps the reference's 0.01 (TF 0.99)
+    freeze_bn: bool = False  # keep BN statistics fixed (small-batch fine-tuning)
+    # preprocessing (training crop: the reference's sample_distorted_bounding_box)
+    crop_min_area: float = 0.08
+    crop_min_object_covered: float = 0.1
+    crop_aspect_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    crop_attempts: int = 10
+    hflip: bool = True
+    # speed
+    amp: str = "none"  # none | bf16 | fp16 (fp16 with a grad scaler, CUDA only)
+    channels_last: bool = False
+    compile: bool = False
+    workers: int = 4
+    device: str = "auto"  # auto | cpu | cuda
+    # bookkeeping
+    seed: int = 0
+    save_every: int = 1000  # optimizer steps between checkpoints (0: only at each epoch)
+    eval_every: int = 1  # epochs
+    log_every: int = 10  # steps between progress/TensorBoard updates and NaN checks
+    tensorboard: bool = True
+    plot: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["crop_aspect_ratio"] = list(self.crop_aspect_ratio)
+        return data
+
+    def validate(self) -> TrainConfig:
+        checks = [
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.accum_steps >= 1, f"accum_steps must be at least 1, got {self.accum_steps}"),
+            (self.resolution >= 8, f"resolution must be at least 8, got {self.resolution}"),
+            (self.optimizer in ("rmsprop_tf", "sgd"), f"optimizer must be rmsprop_tf or sgd, got {self.optimizer!r}"),
+            (
+                self.schedule in ("exponential", "cosine", "constant"),
+                f"schedule must be exponential, cosine or constant, got {self.schedule!r}",
+            ),
+            (self.amp in ("none", "bf16", "fp16"), f"amp must be none, bf16 or fp16, got {self.amp!r}"),
+            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
+            (0.0 < self.crop_min_area <= 1.0, f"crop_min_area must be in (0, 1], got {self.crop_min_area}"),
+            (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be at least 1, got {self.max_steps}"),
+            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self
+
+
+# Presets only list what differs from the dataclass defaults (which are the paper's recipe).
+PRESETS: dict[str, dict[str, Any]] = {
+    # REFERENCE.md section 5: RMSProp(0.9, 0.9, 1e-3), 0.016 per 256 images, 5 warmup epochs,
+    # x0.97 every 2.4 epochs, 350 epochs, L2 1e-5, smoothing 0.1, EMA 0.9999, dropout 0.2.
+    "paper": {},
+    # Transfer learning: pretrained backbone, new head, short cosine schedule, gentler
+    # optimiser and a faster EMA (a few thousand steps, not a few hundred thousand).
+    "finetune": {
+        "epochs": 20,
+        "batch_size": 64,
+        "optimizer": "sgd",
+        "base_lr": 0.05,
+        "schedule": "cosine",
+        "warmup_epochs": 1.0,
+        "weight_decay": 5e-5,
+        "ema_decay": 0.999,
+        "save_every": 0,
+    },
+}
+
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {field.name: hints[field.name] for field in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Checks and converts a YAML/CLI value to the field's type."""
+    args = typing.get_args(annotation)
+    optional = type(None) in args and (typing.get_origin(annotation) in (typing.Union, types.UnionType))
+    if optional and isinstance(value, str) and value.lower() in ("", "none", "null"):
+        value = None
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{name} cannot be empty")
+    if optional:
+        annotation = next(arg for arg in args if arg is not type(None))
+    try:
+        if annotation is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if typing.get_origin(annotation) is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(float(item) for item in items)
+        if annotation is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return annotation(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {value!r} is not a valid {getattr(annotation, '__name__', annotation)}") from None
+
+
+def load_config(
+    recipe: str | None = None,
+    yaml_path: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Resolves a configuration: the preset, then the YAML file, then ``overrides``.
+
+    ``recipe`` may also come from the YAML file or the overrides.
+
+    Raises:
+        MnasNetError: the YAML file is missing or malformed, or names unknown settings.
+        ValueError: a value has the wrong type or is out of range.
+    """
+    from_file: dict[str, Any] = {}
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise MnasNetError(f"config file not found: {path}")
+        try:
+            from_file = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise MnasNetError(f"{path} is not valid YAML: {error}") from None
+        if not isinstance(from_file, dict):
+            raise MnasNetError(f"{path} must hold a mapping of settings")
+        from_file.pop("resolved", None)  # derived values a saved run config carries
+    overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
+    recipe = overrides.get("recipe") or from_file.get("recipe") or recipe or "paper"
+    if recipe not in PRESETS:
+        raise ValueError(f"unknown recipe {recipe!r}; choose from {', '.join(PRESETS)}")
+    types_by_name = _field_types()
+    values: dict[str, Any] = {}
+    for source_name, source in (("preset", PRESETS[recipe]), ("config file", from_file), ("overrides", overrides)):
+        unknown = sorted(set(source) - set(types_by_name))
+        if unknown:
+            raise MnasNetError(f"unknown training settings in {source_name}: {', '.join(unknown)}")
+        for name, value in source.items():
+            values[name] = _coerce(name, value, types_by_name[name])
+    values["recipe"] = recipe
+    return TrainConfig(**values).validate()
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
+    """Writes the resolved configuration (plus derived values such as the real lr) as YAML, atomically."""
+    data = config.to_dict()
+    if extra:
+        data["resolved"] = extra
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
