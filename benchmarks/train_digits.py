@@ -23,6 +23,7 @@ import time
 import torch
 
 from mnasnet.train import load_config, train
+from mnasnet.train.config import DIGITS_SETTINGS
 
 
 def main() -> int:
@@ -43,14 +44,7 @@ def main() -> int:
             "arch": args.arch,
             "resolution": args.resolution,
             "epochs": args.epochs,
-            "batch_size": 32,
-            "warmup_epochs": 1.0,
-            "zero_init_head": True,
-            "bn_momentum": 0.1,
-            "ema_decay": 0.99,
-            "dropout": 0.0,  # MnasNet-small's own setting in the reference
-            "crop_min_area": 0.5,
-            "hflip": False,
+            **DIGITS_SETTINGS,
             "workers": 0,
             "save_every": 0,
             "output": output,

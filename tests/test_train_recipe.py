@@ -154,7 +154,7 @@ def test_label_smoothing_matches_tf_formula():
 
 
 def test_paper_preset_is_reference_recipe():
-    config = load_config("paper")
+    config = load_config("paper", overrides={"data": "/data/imagenet"})
     assert (config.optimizer, config.rmsprop_decay, config.momentum, config.epsilon) == ("rmsprop_tf", 0.9, 0.9, 1e-3)
     assert (config.base_lr, config.base_batch, config.warmup_epochs) == (0.016, 256, 5.0)
     assert (config.schedule, config.decay_rate, config.decay_epochs, config.epochs) == ("exponential", 0.97, 2.4, 350)
@@ -163,6 +163,18 @@ def test_paper_preset_is_reference_recipe():
     finetune = load_config("finetune")
     assert finetune.schedule == "cosine" and finetune.epochs < config.epochs
     assert set(PRESETS) == {"paper", "finetune"}
+
+
+def test_builtin_dataset_brings_its_own_defaults_below_user_settings():
+    from mnasnet.train.config import DIGITS_SETTINGS
+
+    config = load_config("paper")  # data defaults to the built-in digits
+    assert config.data == "digits"
+    for name, value in DIGITS_SETTINGS.items():
+        assert getattr(config, name) == value, name
+    assert config.optimizer == "rmsprop_tf" and config.label_smoothing == 0.1  # still the paper's optimiser
+    mine = load_config("paper", overrides={"data": "digits", "arch": "a1", "epochs": 2, "hflip": True})
+    assert (mine.arch, mine.epochs, mine.hflip, mine.resolution) == ("a1", 2, True, 32)
 
 
 def test_config_precedence_yaml_then_overrides_and_saved_round_trip(tmp_path):

@@ -40,8 +40,8 @@ class WorkflowConfig:
     arch: str = "small"
     width: float | None = None
     resolution: int = 32
-    epochs: int = 12
-    batch_size: int = 64
+    epochs: int = 30
+    batch_size: int = 32
     max_steps: int | None = None  # cut training short (the end-to-end test uses a few steps)
     threads: int = 2
     benchmark_repeats: int = 30
@@ -116,11 +116,13 @@ def run_workflow(config: WorkflowConfig) -> Path:
 
 
 def _train(config: WorkflowConfig, run_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
-    from mnasnet.train.config import load_config
+    from mnasnet.train.config import DIGITS_SETTINGS, load_config
     from mnasnet.train.loop import train
 
+    tuned = DIGITS_SETTINGS if config.data == "digits" else {}
     train_config = load_config(
         overrides={
+            **tuned,
             "data": config.data,
             "arch": config.arch,
             "width": config.width,

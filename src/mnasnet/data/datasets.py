@@ -237,10 +237,11 @@ def make_loader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=workers,
+        # more decoding processes than cores only adds contention (and a warning from PyTorch)
+        num_workers=min(workers, os.cpu_count() or 1),
         drop_last=drop_last,
         pin_memory=pin_memory,
-        worker_init_fn=_ignore_sigint if workers > 0 else None,
+        worker_init_fn=_ignore_sigint if workers > 0 else None,  # unused when num_workers is 0
         # a private generator: creating the iterator must not consume the global RNG,
         # or dropout masks would differ between a resumed and an uninterrupted run
         generator=torch.Generator().manual_seed(0),
