@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-oracles.txt
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/mnasnet summary a1
+	$(VENV)/bin/mnasnet demo --output report
 
 test: setup
 	$(PY) -m pytest -q

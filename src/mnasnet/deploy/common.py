@@ -1,0 +1,108 @@
+"""What the exporters share: opening the source model, the calibration set and the metadata."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import mnasnet
+from mnasnet.data.preprocess import Preprocess
+from mnasnet.deploy.metadata import ExportMetadata
+from mnasnet.deploy.quantize import DeployError, load_calibration_images
+from mnasnet.errors import CheckpointError
+from mnasnet.model import MnasNet
+
+__all__ = ["open_model", "model_preprocess", "base_metadata", "calibration_set", "parse_batch"]
+
+
+def open_model(weights: str | os.PathLike | MnasNet) -> MnasNet:
+    """A model in eval mode from a model object, one of our checkpoints or a registry name."""
+    if isinstance(weights, MnasNet):
+        return weights.eval()
+    path = Path(weights)
+    if path.suffix.lower() in (".onnx", ".tflite"):
+        raise DeployError(f"{path} is already an exported file; export from a checkpoint or a registry name")
+    if path.exists() or path.suffix.lower() in (".safetensors", ".pth", ".pt"):
+        return mnasnet.load_model(path)
+    from mnasnet.weights import load_weights
+
+    return load_weights(str(weights)).eval()
+
+
+def model_preprocess(model: MnasNet) -> Preprocess:
+    return getattr(model, "preprocess", None) or Preprocess.for_resolution(model.config.resolution)
+
+
+def parse_batch(batch: int | str | None, *, allow_dynamic: bool, fmt: str) -> int | None:
+    """``N`` or ``"dynamic"`` (returned as ``None``)."""
+    if batch is None or str(batch).lower() == "dynamic":
+        if not allow_dynamic:
+            raise DeployError(f"--batch dynamic is not supported for {fmt}: give a fixed batch size such as 1")
+        return None
+    try:
+        value = int(batch)
+    except ValueError:
+        raise DeployError(f"--batch must be a positive integer or 'dynamic', got {batch!r}") from None
+    if value < 1:
+        raise DeployError(f"--batch must be a positive integer or 'dynamic', got {batch!r}")
+    return value
+
+
+def calibration_set(
+    model: MnasNet, calibration: str | os.PathLike | np.ndarray | None, *, limit: int, int8: bool
+) -> np.ndarray | None:
+    """The calibration images (float32 NCHW) for an int8 export, or ``None`` for a float one."""
+    if not int8:
+        if calibration is not None:
+            raise DeployError("--calibration only applies to int8 exports: add --int8")
+        return None
+    if calibration is None:
+        raise DeployError(
+            "int8 export needs calibration images: --calibration FOLDER (searched recursively) "
+            "or the name of a built-in dataset (digits)"
+        )
+    if isinstance(calibration, np.ndarray):
+        return calibration.astype(np.float32)
+    return load_calibration_images(calibration, model_preprocess(model), limit=limit)
+
+
+def base_metadata(model: MnasNet, *, layout: str, precision: str, batch: int | None, **extra) -> ExportMetadata:
+    import torch as _torch
+
+    return ExportMetadata(
+        config=model.config.to_dict(),
+        preprocess=model_preprocess(model),
+        labels=list(model.labels) if getattr(model, "labels", None) else None,
+        layout=layout,
+        precision=precision,
+        batch=batch,
+        extra={"mnasnet_version": mnasnet.__version__, "torch_version": _torch.__version__, **extra},
+    )
+
+
+def sample_input(model: MnasNet, batch: int, layout: str) -> torch.Tensor:
+    size = model.config.resolution
+    shape = (batch, size, size, 3) if layout == "nhwc" else (batch, 3, size, size)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+def to_layout(images: np.ndarray, layout: str) -> np.ndarray:
+    """NCHW images in the file's input layout."""
+    return np.ascontiguousarray(images.transpose(0, 2, 3, 1)) if layout == "nhwc" else images
+
+
+def check_writable(out: str | os.PathLike, suffix: str) -> Path:
+    out = Path(out)
+    if out.suffix.lower() != suffix:
+        raise DeployError(f"output file {out} should end in {suffix}")
+    if out.is_dir():
+        raise DeployError(f"output path {out} is a folder")
+    return out
+
+
+def ensure_model_file(path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"model file not found: {path}")

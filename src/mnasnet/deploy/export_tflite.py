@@ -1,0 +1,151 @@
+"""TFLite export with litert-torch: float32, and full-integer int8 with int8 input and output.
+
+The model is first rewritten by :class:`~mnasnet.deploy.graph.ExportableMnasNet`
+(BN folded, NHWC input by default, SE and head pooling as AVERAGE_POOL_2D,
+quantisable residual adds), then quantised with PT2E and converted. The int8
+file has int8 input and output tensors, every operator int8, and no layout
+transposes, so Vela places all of it on an Ethos-U NPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from mnasnet.deploy.common import (
+    base_metadata,
+    calibration_set,
+    check_writable,
+    open_model,
+    parse_batch,
+    sample_input,
+    to_layout,
+)
+from mnasnet.deploy.graph import LAYOUTS, ExportableMnasNet
+from mnasnet.deploy.metadata import write_tflite_metadata
+from mnasnet.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, DeployError, quantize_pt2e
+from mnasnet.fileio import atomic_path
+from mnasnet.model import MnasNet
+
+__all__ = ["export_tflite", "tflite_io_details"]
+
+# tflite TensorType codes
+_INT8, _FLOAT32 = 9, 0
+
+
+def tflite_io_details(path: str | os.PathLike) -> dict[str, dict]:
+    """``{"input": {...}, "output": {...}}``: dtype name, shape, scale and zero point of a file's tensors."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = bytearray(Path(path).read_bytes())
+    model = schema.Model.GetRootAs(data, 0)
+    graph = model.Subgraphs(0)
+    names = {value: key for key, value in vars(schema.TensorType).items() if not key.startswith("_")}
+    details = {}
+    for role, index in (("input", graph.Inputs(0)), ("output", graph.Outputs(0))):
+        tensor = graph.Tensors(index)
+        quant = tensor.Quantization()
+        scale = float(quant.Scale(0)) if quant is not None and quant.ScaleLength() else None
+        zero_point = int(quant.ZeroPoint(0)) if quant is not None and quant.ZeroPointLength() else None
+        details[role] = {
+            "dtype": names[tensor.Type()].lower(),
+            "shape": [int(v) for v in tensor.ShapeAsNumpy()],
+            "scale": scale,
+            "zero_point": zero_point,
+        }
+    return details
+
+
+@contextlib.contextmanager
+def _quiet():
+    """litert-torch prints progress lines and MLIR diagnostics to stdout; keep the CLI's output clean."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def _force_int8_io(path: Path) -> None:
+    """Makes the file's input and output int8 if the converter left float QUANTIZE/DEQUANTIZE at the ends."""
+    details = tflite_io_details(path)
+    if details["input"]["dtype"] == "int8" and details["output"]["dtype"] == "int8":
+        return
+    from ai_edge_litert._pywrap_modify_model_interface import modify_model_interface
+
+    fixed = path.with_name(path.stem + ".io.tflite")
+    if modify_model_interface(str(path), str(fixed), _INT8, _INT8) != 0:
+        raise DeployError("could not make the int8 TFLite file's input and output int8")
+    os.replace(fixed, path)
+
+
+def export_tflite(
+    weights: str | os.PathLike | MnasNet,
+    out: str | os.PathLike,
+    *,
+    int8: bool = False,
+    calibration: str | os.PathLike | np.ndarray | None = None,
+    per_channel: bool = True,
+    batch: int | str | None = 1,
+    layout: str = "nhwc",
+    calibration_limit: int = DEFAULT_CALIBRATION_IMAGES,
+) -> Path:
+    """Exports a model to TFLite (float32, or full-integer int8 with int8 input/output) with its metadata.
+
+    Args:
+        weights: a model, one of our checkpoints or a registry name.
+        out: the ``.tflite`` file to write (atomically).
+        int8: full-integer quantisation (needs ``calibration``).
+        calibration: a folder of images, a dataset name, or float32 NCHW images already preprocessed.
+        per_channel: per-channel weight scales (default) or per-tensor (for NPUs that only take that).
+        batch: the fixed batch size (TFLite graphs here are static; ``"dynamic"`` is refused).
+        layout: ``"nhwc"`` (default: what TFLite users feed, no transposes) or ``"nchw"``.
+
+    Raises:
+        DeployError: an option or combination that cannot work.
+        DataError: calibration images missing or unreadable.
+    """
+    out = check_writable(out, ".tflite")
+    if layout not in LAYOUTS:
+        raise DeployError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    batch_size = parse_batch(batch, allow_dynamic=False, fmt="TFLite (static shapes keep XNNPACK and NPUs happy)")
+    model = open_model(weights)
+    images = calibration_set(model, calibration, limit=calibration_limit, int8=int8)
+    import litert_torch
+
+    module = ExportableMnasNet(model, layout=layout)
+    sample = sample_input(model, batch_size, layout)
+    metadata = base_metadata(
+        model,
+        layout=layout,
+        precision="int8" if int8 else "float32",
+        batch=batch_size,
+        litert_torch_version=litert_torch.__version__,
+    )
+    with tempfile.TemporaryDirectory(prefix="mnasnet-tflite-") as workdir:
+        raw = Path(workdir) / "raw.tflite"
+        with _quiet():
+            if int8:
+                from litert_torch.quantize.quant_config import QuantConfig
+
+                converted, quantizer = quantize_pt2e(module, sample, to_layout(images, layout), per_channel=per_channel)
+                edge = litert_torch.convert(converted, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+            else:
+                edge = litert_torch.convert(module, (sample,))
+            edge.export(str(raw))
+        if int8:
+            _force_int8_io(raw)
+            details = tflite_io_details(raw)
+            metadata.input_quantization = {k: details["input"][k] for k in ("dtype", "scale", "zero_point")}
+            metadata.output_quantization = {k: details["output"][k] for k in ("dtype", "scale", "zero_point")}
+            metadata.quantization = {
+                "tool": "litert-torch PT2E",
+                "weights": "int8 per-channel symmetric" if per_channel else "int8 per-tensor symmetric",
+                "activations": "int8 per-tensor (histogram observer)",
+                "calibration_images": int(len(images)),
+            }
+        with atomic_path(out) as temp:
+            write_tflite_metadata(raw, temp, metadata)
+    return out

@@ -1,0 +1,137 @@
+"""MnasNet rewritten for exporters: BN folded, a chosen input layout, NPU-friendly pooling.
+
+Exporters and int8 quantisers see a plain graph of ``Conv2d`` (+ReLU), average
+pools, sigmoid, multiply, add and one ``Linear``: the same arithmetic as
+:class:`~mnasnet.model.MnasNet` in eval mode, within float rounding.
+
+Why a rewrite instead of exporting the model as it is:
+
+* BN is folded into the convolutions here, once, in float64. The converters
+  fold it too, but PT2E's conv+BN fusion and ONNX Runtime's optimiser each do it
+  their own way; folding first gives every format the same weights and the
+  quantisers a plain conv(+ReLU) pattern to annotate.
+* The global means (SE squeeze and head pooling) keep their reduced dims and the
+  head flattens afterwards. The original head mean drops H and W, so the
+  converter transposes the map back to NCHW and reduces over axes (2, 3): a
+  depth reduction Vela rejects, and an extra TRANSPOSE on CPU. Kept 4-D, every
+  mean is a MEAN over H and W of an NHWC map: NPU-native. (A full-map
+  ``avg_pool2d`` also works on the NPU, but the converter adds a requantising
+  QUANTIZE after each pool and XNNPACK runs it about 6% slower on A1.)
+* The skip connection is an explicit ``torch.add`` so that the PT2E quantiser
+  annotates it (an ``x + y`` on module outputs was left in float, costing a
+  DEQUANTIZE/ADD/QUANTIZE round trip per residual block on CPU and the NPU).
+* ``layout="nhwc"`` takes channels-last input, which is what TFLite users feed
+  and what keeps the converted graph free of layout transposes.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnasnet.layers import Conv2dSame, ConvBNAct, same_padding
+from mnasnet.model import MnasNet
+
+__all__ = ["ExportableMnasNet", "LAYOUTS"]
+
+LAYOUTS = ("nchw", "nhwc")
+
+
+class _FoldedConv(nn.Module):
+    """A ConvBNAct with its BN folded in; keeps TF "same" padding as an explicit pad."""
+
+    def __init__(self, source: ConvBNAct) -> None:
+        super().__init__()
+        conv, bn = source.conv, source.bn
+        with torch.no_grad():
+            scale = bn.weight.double() * torch.rsqrt(bn.running_var.double() + bn.eps)
+            weight = conv.weight.double() * scale.reshape(-1, 1, 1, 1)
+            bias = bn.bias.double() - bn.running_mean.double() * scale
+        self.same = isinstance(conv, Conv2dSame)
+        self.conv = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            0 if self.same else conv.padding,
+            groups=conv.groups,
+            bias=True,
+        )
+        with torch.no_grad():
+            self.conv.weight.copy_(weight.float())
+            self.conv.bias.copy_(bias.float())
+        self.act = source.has_act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same:
+            kernel, stride = self.conv.kernel_size, self.conv.stride
+            top, bottom = same_padding(x.shape[-2], kernel[0], stride[0])
+            left, right = same_padding(x.shape[-1], kernel[1], stride[1])
+            if top or bottom or left or right:
+                x = F.pad(x, (left, right, top, bottom))
+        x = self.conv(x)
+        return F.relu(x) if self.act else x
+
+
+def _global_pool(x: torch.Tensor) -> torch.Tensor:
+    # keepdim: a MEAN over H and W of the NHWC map, [N,1,1,C], which Vela runs on the NPU
+    return x.mean((2, 3), keepdim=True)
+
+
+class _SqueezeExcite(nn.Module):
+    def __init__(self, source) -> None:
+        super().__init__()
+        self.reduce = copy.deepcopy(source.reduce)
+        self.expand = copy.deepcopy(source.expand)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.expand(F.relu(self.reduce(_global_pool(x))))
+        return torch.mul(x, torch.sigmoid(scale))
+
+
+class _Block(nn.Module):
+    def __init__(self, block) -> None:
+        super().__init__()
+        self.expand = _FoldedConv(block.expand) if block.expand is not None else None
+        self.depthwise = _FoldedConv(block.depthwise)
+        self.se = _SqueezeExcite(block.se) if block.se is not None else None
+        self.project = _FoldedConv(block.project)
+        self.has_skip = block.has_skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x if self.expand is None else self.expand(x)
+        out = self.depthwise(out)
+        if self.se is not None:
+            out = self.se(out)
+        out = self.project(out)
+        return torch.add(out, x) if self.has_skip else out
+
+
+class ExportableMnasNet(nn.Module):
+    """An eval-mode copy of a :class:`MnasNet` in the form exporters and NPUs want.
+
+    Args:
+        model: the source model (its weights are copied; it is not changed).
+        layout: ``"nchw"`` (PyTorch/ONNX convention) or ``"nhwc"`` (TFLite convention) input.
+    """
+
+    def __init__(self, model: MnasNet, *, layout: str = "nchw") -> None:
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.layout = layout
+        self.stem = _FoldedConv(model.stem)
+        self.blocks = nn.Sequential(*(_Block(block) for stage in model.stages for block in stage))
+        self.head = _FoldedConv(model.head)
+        self.classifier = nn.Linear(model.classifier.in_features, model.classifier.out_features)
+        self.classifier.load_state_dict(model.classifier.state_dict())
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "nhwc":
+            x = x.permute(0, 3, 1, 2)
+        x = self.head(self.blocks(self.stem(x)))
+        return self.classifier(torch.flatten(_global_pool(x), 1))

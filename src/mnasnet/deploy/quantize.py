@@ -1,0 +1,191 @@
+"""Post-training int8 quantisation: calibration images, PT2E (for TFLite) and ONNX Runtime QDQ.
+
+Both paths are static: weights int8 (per-channel by default, per-tensor on
+request) and activations int8 with scales calibrated on real images run through
+the weights' own evaluation preprocessing. ONNX Runtime's dynamic int8 is avoided
+on purpose: it requantises activations at run time and is about 15x slower for
+convnets here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnasnet.data.images import find_images, load_image
+from mnasnet.data.preprocess import Preprocess, build_eval_transform
+from mnasnet.errors import DataError, MnasNetError
+
+__all__ = [
+    "DEFAULT_CALIBRATION_IMAGES",
+    "DeployError",
+    "load_calibration_images",
+    "quantize_onnx",
+    "quantize_pt2e",
+]
+
+DEFAULT_CALIBRATION_IMAGES = 200  # NXP's zoo uses 1000; 200 keeps an A1 x1.0 export near a minute on 2 cores
+
+
+class DeployError(MnasNetError, ValueError):
+    """An export option or combination of options that cannot work."""
+
+
+def calibration_files(source: str | os.PathLike) -> list[Path]:
+    """The image files a ``--calibration`` value names: a folder (recursive) or a dataset (its train split).
+
+    Raises:
+        DataError: nothing there, or no images in it.
+    """
+    text = str(source)
+    path = Path(text).expanduser()
+    if not path.exists():
+        from mnasnet.data.datasets import BUILTIN_DATASETS, resolve_dataset
+
+        if text not in BUILTIN_DATASETS:
+            raise DataError(
+                f"calibration images not found: {text} (give a folder of images or a built-in dataset: "
+                f"{', '.join(BUILTIN_DATASETS)})"
+            )
+        path = resolve_dataset(text)
+    # Calibrate on a dataset's training images: its val/ split is for measuring accuracy.
+    if path.is_dir() and (path / "train").is_dir() and (path / "val").is_dir():
+        path = path / "train"
+    files = find_images(path)
+    if not files or (len(files) == 1 and not files[0].is_file()):
+        raise DataError(f"no calibration images in {path}")
+    return files
+
+
+def load_calibration_images(
+    source: str | os.PathLike,
+    preprocess: Preprocess,
+    *,
+    limit: int = DEFAULT_CALIBRATION_IMAGES,
+    seed: int = 0,
+) -> np.ndarray:
+    """Up to ``limit`` images from ``source``, preprocessed, as float32 NCHW.
+
+    With more images than ``limit`` a seeded random subset is taken, so every class
+    of a dataset folder is represented rather than the first few in sorted order.
+    """
+    from tqdm import tqdm
+
+    files = calibration_files(source)
+    if len(files) > limit:
+        chosen = np.random.default_rng(seed).choice(len(files), size=limit, replace=False)
+        files = [files[index] for index in sorted(chosen)]
+    transform = build_eval_transform(preprocess)
+    images = [transform(load_image(path)).numpy() for path in tqdm(files, desc="calibration images", leave=False)]
+    return np.stack(images).astype(np.float32)
+
+
+def _is_observer(node: torch.fx.Node) -> bool:
+    return node.op == "call_module" and str(node.target).startswith("activation_post_process")
+
+
+def _observe_add_inputs(graph_module: torch.fx.GraphModule) -> None:
+    """Routes every float input of an ``add`` through the observer already on that value.
+
+    torchao's ``prepare_pt2e`` leaves an add's input unobserved when it comes straight
+    from another add (consecutive residual blocks), so the converter falls back to a
+    float DEQUANTIZE/ADD/QUANTIZE there: slower on CPU and not runnable on an NPU.
+    """
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function" or node.target != torch.ops.aten.add.Tensor:
+            continue
+        args = list(node.args)
+        for index, arg in enumerate(args):
+            if isinstance(arg, torch.fx.Node) and not _is_observer(arg):
+                observers = [user for user in arg.users if _is_observer(user)]
+                if observers:
+                    args[index] = observers[0]
+        node.args = tuple(args)
+    graph_module.recompile()
+
+
+def quantize_pt2e(module: torch.nn.Module, sample: torch.Tensor, calibration: np.ndarray, *, per_channel: bool = True):
+    """PT2E static int8 quantisation of ``module`` (calibrated on ``calibration``, one image at a time).
+
+    Returns the converted graph module and the quantiser, as ``litert_torch.convert`` wants them.
+    ``calibration`` must already be in the module's input layout.
+    """
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from tqdm import tqdm
+
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+    graph = torch.export.export(module, (sample,)).module()
+    prepared = prepare_pt2e(graph, quantizer)
+    _observe_add_inputs(prepared)
+    batch = sample.shape[0]
+    with torch.no_grad():
+        for start in tqdm(range(0, len(calibration), batch), desc="calibrating (PT2E)", leave=False):
+            chunk = calibration[start : start + batch]
+            if len(chunk) < batch:
+                chunk = np.concatenate([chunk, calibration[: batch - len(chunk)]])
+            prepared(torch.from_numpy(np.ascontiguousarray(chunk)))
+    converted = convert_pt2e(prepared, fold_quantize=False)
+    return move_exported_model_to_eval(converted), quantizer
+
+
+class _ArrayReader:
+    """ONNX Runtime's CalibrationDataReader over an array of images."""
+
+    def __init__(self, input_name: str, images: np.ndarray, batch: int | None) -> None:
+        self.input_name = input_name
+        # a fixed-batch file takes exactly that batch; a dynamic one takes 16 at a time
+        step = batch or 16
+        self.chunks = []
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            if batch and len(chunk) < batch:
+                chunk = np.concatenate([chunk, images[: batch - len(chunk)]])
+            self.chunks.append(np.ascontiguousarray(chunk))
+        self.position = 0
+
+    def get_next(self):
+        if self.position >= len(self.chunks):
+            return None
+        self.position += 1
+        return {self.input_name: self.chunks[self.position - 1]}
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+def quantize_onnx(
+    float_path: Path, out_path: Path, calibration: np.ndarray, *, per_channel: bool = True, batch: int | None = None
+) -> None:
+    """Static int8 QDQ quantisation of an ONNX file with ONNX Runtime (int8 weights and activations).
+
+    The QDQ form keeps float input and output; ONNX Runtime fuses each
+    DequantizeLinear-op-QuantizeLinear group into an int8 kernel.
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    input_name = onnx.load(str(float_path), load_external_data=False).graph.input[0].name
+    reader = _ArrayReader(input_name, calibration, batch)
+    CalibrationDataReader.register(_ArrayReader)
+    quantize_static(
+        str(float_path),
+        str(out_path),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+    )

@@ -1,0 +1,52 @@
+"""Ethos-U readiness: Vela places every operator of our int8 A1 and B1 files on the NPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("ethosu.vela")
+pytest.importorskip("litert_torch")
+
+from mnasnet.deploy import export_tflite  # noqa: E402
+from mnasnet.deploy.npu import operator_counts, vela_report  # noqa: E402
+from mnasnet.errors import CheckpointError  # noqa: E402
+from test_export import a1_checkpoint, make_checkpoint, photo_batch, photo_folder, tflite_int8  # noqa: E402, F401
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("accelerator", ["ethos-u65-256", "ethos-u55-128"])
+def test_a1_int8_runs_entirely_on_the_npu(tflite_int8, accelerator):  # noqa: F811
+    report = vela_report(tflite_int8, accelerator)
+    assert report.cpu_operators == 0, report.format()
+    assert report.cpu_fallback == []
+    assert report.npu_operators >= sum(report.operators.values())  # Vela may split ops, never merge them away
+    # The SE blocks are there, in their NPU form: pooled squeeze, sigmoid gate, broadcast multiply.
+    assert report.operators["MEAN"] == report.operators["LOGISTIC"] + 1
+    assert report.operators["MUL"] == report.operators["LOGISTIC"] > 0
+    assert report.inference_time_ms is not None and report.inference_time_ms > 0
+
+
+@pytest.mark.slow
+def test_b1_per_tensor_int8_runs_entirely_on_the_npu(tmp_path, photo_batch, photo_folder):  # noqa: F811
+    checkpoint = make_checkpoint(tmp_path / "b1.safetensors", "b1", photo_batch)
+    out = export_tflite(checkpoint, tmp_path / "b1_int8.tflite", int8=True, calibration=photo_folder, per_channel=False)
+    operators = operator_counts(out)
+    assert "LOGISTIC" not in operators and operators["ADD"] > 0  # B1: no SE, residual adds in int8
+    report = vela_report(out, "ethos-u65-256")
+    assert report.cpu_operators == 0, report.format()
+
+
+def test_npu_report_cli_and_bad_file(tflite_int8, tmp_path):  # noqa: F811
+    result = subprocess.run(
+        [sys.executable, "-m", "mnasnet", "npu-report", str(tflite_int8), "--accelerator", "ethos-u65-256"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "CPU fallback operators: 0" in result.stdout and "ms/inference" in result.stdout
+    corrupt = tmp_path / "corrupt.tflite"
+    corrupt.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="not a TFLite file"):
+        vela_report(corrupt)
