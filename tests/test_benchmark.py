@@ -8,8 +8,6 @@ import sys
 
 import pytest
 
-pytest.importorskip("onnxruntime")
-
 from mnasnet.deploy import DeployError  # noqa: E402
 from mnasnet.deploy.benchmark import benchmark, format_table  # noqa: E402
 from test_export import a1_checkpoint, onnx_fp32, photo_batch  # noqa: E402, F401

@@ -1,9 +1,10 @@
 import json
 
 import pytest
-import reference_tables
 
 from mnasnet.cli import main
+
+import reference_tables
 
 SIZES = {(arch, width): (params, macs) for arch, width, params, macs in reference_tables.sizes()}
 

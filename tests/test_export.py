@@ -17,9 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("litert_torch")
-
 import mnasnet  # noqa: E402
 from mnasnet.checkpoint import save_checkpoint  # noqa: E402
 from mnasnet.data.preprocess import Preprocess, build_eval_transform  # noqa: E402

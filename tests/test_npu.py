@@ -7,9 +7,6 @@ import sys
 
 import pytest
 
-pytest.importorskip("ethosu.vela")
-pytest.importorskip("litert_torch")
-
 from mnasnet.deploy import export_tflite  # noqa: E402
 from mnasnet.deploy.npu import operator_counts, vela_report  # noqa: E402
 from mnasnet.errors import CheckpointError  # noqa: E402

@@ -36,7 +36,7 @@ def test_dataset_folder_calibrates_on_its_train_split(tmp_path):
 
 
 def test_builtin_dataset_name(tmp_path, monkeypatch):
-    pytest.importorskip("sklearn")
+
     monkeypatch.setenv("MNASNET_HOME", str(tmp_path))
     files = calibration_files("digits")
     assert len(files) > 1000 and all("train" in path.parts for path in files)

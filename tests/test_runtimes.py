@@ -5,9 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("ai_edge_litert")
-
 import mnasnet  # noqa: E402
 from mnasnet.deploy.runtimes import LiteRTPredictor, OnnxPredictor, quantize_input  # noqa: E402
 from mnasnet.errors import CheckpointError  # noqa: E402

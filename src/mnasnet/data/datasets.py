@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mnasnet.data.images import IMAGE_SUFFIXES, load_image
 from mnasnet.errors import DataError
+from mnasnet.fileio import cache_dir
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -35,14 +36,6 @@ BUILTIN_DATASETS = ("digits",)
 _DIGITS_VERSION = "digits-v1"
 _DIGITS_SIZE = 32  # the 8x8 originals, upscaled so random crops stay meaningful
 _DIGITS_VAL_FRACTION = 0.2
-
-
-def cache_dir() -> Path:
-    """Where generated files go: ``$MNASNET_HOME``, else ``$XDG_CACHE_HOME/mnasnet`` (``~/.cache/mnasnet``)."""
-    if os.environ.get("MNASNET_HOME"):
-        return Path(os.environ["MNASNET_HOME"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "mnasnet"
 
 
 def resolve_dataset(name_or_dir: str | os.PathLike) -> Path:

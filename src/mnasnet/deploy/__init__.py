@@ -5,12 +5,25 @@ Importing this package registers the ``.onnx`` and ``.tflite`` runtimes with
 litert-torch, Vela) are imported only when used.
 """
 
-from mnasnet.deploy.export_onnx import export_onnx
-from mnasnet.deploy.export_tflite import export_tflite
-from mnasnet.deploy.metadata import ExportMetadata, read_metadata
-from mnasnet.deploy.quantize import DeployError
-from mnasnet.deploy.runtimes import LiteRTPredictor, OnnxPredictor, load_onnx, load_tflite
-from mnasnet.runtime import register_runtime
+import logging
+import os
+import warnings
+
+# The converters' C++ and Python logs (absl INFO lines, torchao's optional CUDA
+# kernels, pytree deprecations) bury our one-line output; keep only real errors.
+# Set before litert-torch, TensorFlow Lite or torchao are first imported.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("GLOG_minloglevel", "2")
+for _name in ("torchao", "torch.utils._pytree", "torch._export", "absl", "litert_torch"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", category=FutureWarning, message=r".*LeafSpec.*")
+
+from mnasnet.deploy.export_onnx import export_onnx  # noqa: E402
+from mnasnet.deploy.export_tflite import export_tflite  # noqa: E402
+from mnasnet.deploy.metadata import ExportMetadata, read_metadata  # noqa: E402
+from mnasnet.deploy.quantize import DeployError  # noqa: E402
+from mnasnet.deploy.runtimes import LiteRTPredictor, OnnxPredictor, load_onnx, load_tflite  # noqa: E402
+from mnasnet.runtime import register_runtime  # noqa: E402
 
 register_runtime(".onnx", load_onnx)
 register_runtime(".tflite", load_tflite)

@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mnasnet.errors import CheckpointError, MnasNetError
-from mnasnet.fileio import atomic_path
+from mnasnet.fileio import atomic_path, cache_dir
 from mnasnet.model import MnasNet
 from mnasnet.weights.registry import Weights, get_weights, list_weights
 
@@ -37,20 +37,6 @@ class DownloadError(MnasNetError):
 
 class HashMismatchError(DownloadError):
     """A file's SHA-256 differs from the one its publisher gives."""
-
-
-def cache_dir() -> Path:
-    """``$MNASNET_HOME``, else ``$XDG_CACHE_HOME/mnasnet``, else the platform's user cache folder."""
-    if os.environ.get("MNASNET_HOME"):
-        return Path(os.environ["MNASNET_HOME"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "mnasnet"
-    home = Path.home()
-    if sys.platform == "darwin":
-        return home / "Library" / "Caches" / "mnasnet"
-    if sys.platform == "win32":
-        return Path(os.environ.get("LOCALAPPDATA", home / "AppData" / "Local")) / "mnasnet" / "Cache"
-    return home / ".cache" / "mnasnet"
 
 
 def download_file(
