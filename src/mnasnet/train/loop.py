@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import signal
 import sys
@@ -119,9 +120,14 @@ class TrainStep:
         if self.context.enabled:
             # We broadcast rank 0's BN statistics after each step ourselves (so the EMA of
             # BN statistics is identical on every rank), not before each forward.
-            forward_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False
+            ddp = nn.parallel.DistributedDataParallel
+            # torch 2.13 renamed the option; older releases only know broadcast_buffers
+            no_buffer_sync = (
+                {"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+                else {"broadcast_buffers": False}
             )
+            forward_model = ddp(model, device_ids=[device] if device.type == "cuda" else None, **no_buffer_sync)
         self.ddp_model = forward_model
         self.forward_model = torch.compile(forward_model) if config.compile else forward_model
         self.step_count = 0
