@@ -495,6 +495,20 @@ class _Run:
 
     # -- epochs ---------------------------------------------------------------------------
 
+    def lr_at(self, step_count: int) -> float:
+        """The learning rate after ``step_count`` optimizer steps (epochs may be fractional)."""
+        config = self.config
+        return learning_rate(
+            step_count / self.steps_per_epoch,
+            peak=self.peak_lr,
+            total_epochs=config.epochs,
+            warmup_epochs=config.warmup_epochs,
+            schedule=config.schedule,
+            decay_rate=config.decay_rate,
+            decay_epochs=config.decay_epochs,
+            min_lr=config.min_lr,
+        )
+
     def run(self) -> TrainResult:
         status = "completed"
         with _stop_on_signals() as stop:
@@ -550,17 +564,7 @@ class _Run:
         try:
             while self.step_in_epoch < self.steps_per_epoch:
                 micro = [step.prepare(*next(loader)) for _ in range(accum)]
-                fraction = step.step_count / self.steps_per_epoch
-                lr = learning_rate(
-                    fraction,
-                    peak=self.peak_lr,
-                    total_epochs=config.epochs,
-                    warmup_epochs=config.warmup_epochs,
-                    schedule=config.schedule,
-                    decay_rate=config.decay_rate,
-                    decay_epochs=config.decay_epochs,
-                    min_lr=config.min_lr,
-                )
+                lr = self.lr_at(step.step_count)
                 loss_sum, correct = step(micro, lr)
                 pending_loss += loss_sum
                 pending_correct += correct
@@ -629,16 +633,7 @@ class _Run:
             "epoch": self.epoch,
             "step": step.step_count,
             "train_loss": loss / max(micro, 1),
-            "lr": learning_rate(
-                step.step_count / self.steps_per_epoch,
-                peak=self.peak_lr,
-                total_epochs=config.epochs,
-                warmup_epochs=config.warmup_epochs,
-                schedule=config.schedule,
-                decay_rate=config.decay_rate,
-                decay_epochs=config.decay_epochs,
-                min_lr=config.min_lr,
-            ),
+            "lr": self.lr_at(step.step_count),
             "images_per_sec": seen / max(epoch_time, 1e-9),
             "epoch_time": epoch_time,
         }
