@@ -47,3 +47,28 @@ def test_npu_report_cli_and_bad_file(tflite_int8, tmp_path):  # noqa: F811
     corrupt.write_bytes(b"\x00" * 64)
     with pytest.raises(CheckpointError, match="not a TFLite file"):
         vela_report(corrupt)
+
+
+@pytest.mark.slow
+def test_target_picks_average_pooling_which_also_runs_entirely_on_the_npu(
+    a1_checkpoint,  # noqa: F811
+    photo_folder,  # noqa: F811
+    photo_batch,  # noqa: F811
+    tflite_int8,  # noqa: F811
+    tmp_path,
+):
+    from mnasnet.cli import main
+    from mnasnet.runtime import load_predictor
+
+    out = tmp_path / "a1_npu.tflite"
+    assert main(["export", "--weights", str(a1_checkpoint), "--int8", "--calibration", str(photo_folder),
+                 "--target", "ethos-u65-256", str(out)]) == 0  # fmt: skip
+    pooled, meaned = operator_counts(out), operator_counts(tflite_int8)
+    # the same global means, as AVERAGE_POOL_2D instead of MEAN (one per SE block, one in the head)
+    assert "MEAN" not in pooled and pooled["AVERAGE_POOL_2D"] == meaned["MEAN"] == meaned["LOGISTIC"] + 1
+    report = vela_report(out, "ethos-u65-256")
+    assert report.cpu_operators == 0, report.format()
+    # same arithmetic: both int8 files rank the photos alike
+    pooled_logits, meaned_logits = load_predictor(out)(photo_batch), load_predictor(tflite_int8)(photo_batch)
+    agreement = (pooled_logits.argmax(1) == meaned_logits.argmax(1)).mean()
+    assert agreement >= 0.8, agreement

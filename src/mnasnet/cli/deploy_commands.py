@@ -30,6 +30,12 @@ def register(subparsers) -> None:
     export.add_argument(
         "--target", metavar="ACCELERATOR", help="also compile with Vela for this Ethos-U (e.g. ethos-u65-256)"
     )
+    export.add_argument(
+        "--pooling",
+        choices=("mean", "avgpool"),
+        help="TFLite global means: mean (faster on CPU) or avgpool (faster on an Ethos-U NPU); "
+        "default: avgpool with --target, else mean",
+    )
     export.add_argument("--eval-data", metavar="DATA", help="print float32 vs exported top-1 on this dataset")
     export.add_argument("--eval-limit", type=int, default=None, help="evaluate only this many images")
     export.set_defaults(func=_export)
@@ -88,6 +94,10 @@ def _export(args: argparse.Namespace) -> int:
         options["layout"] = args.layout
     if args.calibration_images:
         options["calibration_limit"] = args.calibration_images
+    if args.pooling and fmt != "tflite":
+        raise DeployError("--pooling applies to TFLite exports")
+    if fmt == "tflite":
+        options["pooling"] = args.pooling or ("avgpool" if args.target else "mean")
     exporter = export_onnx if fmt == "onnx" else export_tflite
     path = exporter(model, out, **options)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")

@@ -26,7 +26,7 @@ from mnasnet.deploy.common import (
     sample_input,
     to_layout,
 )
-from mnasnet.deploy.graph import LAYOUTS, ExportableMnasNet
+from mnasnet.deploy.graph import LAYOUTS, POOLINGS, ExportableMnasNet
 from mnasnet.deploy.metadata import write_tflite_metadata
 from mnasnet.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, DeployError, quantize_pt2e
 from mnasnet.fileio import atomic_path
@@ -91,6 +91,7 @@ def export_tflite(
     batch: int | str | None = 1,
     layout: str = "nhwc",
     calibration_limit: int = DEFAULT_CALIBRATION_IMAGES,
+    pooling: str = "mean",
 ) -> Path:
     """Exports a model to TFLite (float32, or full-integer int8 with int8 input/output) with its metadata.
 
@@ -102,6 +103,8 @@ def export_tflite(
         per_channel: per-channel weight scales (default) or per-tensor (for NPUs that only take that).
         batch: the fixed batch size (TFLite graphs here are static; ``"dynamic"`` is refused).
         layout: ``"nhwc"`` (default: what TFLite users feed, no transposes) or ``"nchw"``.
+        pooling: global means as ``"mean"`` (default, faster on CPU) or ``"avgpool"``
+            (faster on an Ethos-U NPU); both run entirely on the NPU.
 
     Raises:
         DeployError: an option or combination that cannot work.
@@ -115,7 +118,9 @@ def export_tflite(
     images = calibration_set(model, calibration, limit=calibration_limit, int8=int8)
     import litert_torch
 
-    module = ExportableMnasNet(model, layout=layout)
+    if pooling not in POOLINGS:
+        raise DeployError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    module = ExportableMnasNet(model, layout=layout, pooling=pooling)
     sample = sample_input(model, batch_size, layout)
     metadata = base_metadata(
         model,
