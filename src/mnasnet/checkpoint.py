@@ -50,12 +50,11 @@ def save_checkpoint(
     """Writes ``model`` to ``path`` (atomically) with everything needed to rebuild it.
 
     Args:
-        preprocess: evaluation preprocessing; defaults to the model's own, else a
-            0.875 centre crop at the model's resolution.
+        preprocess: evaluation preprocessing; defaults to the model's own.
         labels: class names, one per output; defaults to the model's own.
         extra: any further JSON-serialisable provenance (source, converter, ...).
     """
-    preprocess = preprocess or getattr(model, "preprocess", None) or Preprocess.for_resolution(model.config.resolution)
+    preprocess = preprocess or model.preprocess
     labels = labels if labels is not None else getattr(model, "labels", None)
     if labels is not None and len(labels) != model.config.num_classes:
         raise CheckpointError(f"{len(labels)} labels given for a model with {model.config.num_classes} classes")

@@ -55,6 +55,16 @@ def make_conv(
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)
 
 
+def fold_batch_norm(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conv weight and bias with an eval-mode BN folded in, in the weight's dtype."""
+    with torch.no_grad():
+        # In float64, so folding adds one rounding, not three.
+        scale = bn.weight.double() * torch.rsqrt(bn.running_var.double() + bn.eps)
+        folded = weight.double() * scale.reshape(-1, 1, 1, 1)
+        bias = bn.bias.double() - bn.running_mean.double() * scale
+    return folded.to(weight.dtype), bias.to(weight.dtype)
+
+
 class ConvBNAct(nn.Sequential):
     """Convolution, batch norm and (optionally) ReLU."""
 
@@ -86,13 +96,9 @@ class ConvBNAct(nn.Sequential):
         tensors = (weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
         key = tuple((t._version, t.data_ptr()) for t in tensors) + (memory_format, bn.eps)
         if self._folded is None or self._folded[0] != key:
-            with torch.inference_mode(False), torch.no_grad():
-                # In float64, so folding adds one rounding, not three (keeps logits within 1e-4).
-                scale = bn.weight.double() * torch.rsqrt(bn.running_var.double() + bn.eps)
-                folded = (weight.double() * scale.reshape(-1, 1, 1, 1)).to(weight.dtype)
-                folded = folded.contiguous(memory_format=memory_format)
-                bias = (bn.bias.double() - bn.running_mean.double() * scale).to(weight.dtype)
-            self._folded = (key, folded, bias)
+            with torch.inference_mode(False):
+                folded, bias = fold_batch_norm(weight, bn)
+            self._folded = (key, folded.contiguous(memory_format=memory_format), bias)
         return self._folded[1], self._folded[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from mnasnet.arch import (
     round_filters,
     scale_blocks,
 )
+from mnasnet.data.preprocess import Preprocess
 from mnasnet.errors import BlockStringError
 from mnasnet.layers import PADDINGS, ConvBNAct, DropPath, SqueezeExcite
 
@@ -148,8 +149,8 @@ class MnasNet(nn.Module):
         self.classifier = nn.Linear(config.head_filters, config.num_classes)
         self.feature_info = self._feature_info()
         self.fast_inference = True
-        # Set by checkpoints and weights: how inputs are prepared, and class names.
-        self.preprocess = None
+        # How inputs are prepared, and class names: checkpoints and weights replace these.
+        self.preprocess = Preprocess.for_resolution(config.resolution)
         self.labels: list[str] | None = None
         self.reset_parameters()
 

@@ -48,9 +48,7 @@ class TorchPredictor(Predictor):
 
     def __init__(self, model: torch.nn.Module, preprocess: Preprocess | None = None, labels: list[str] | None = None):
         self.model = model.eval()
-        config = getattr(model, "config", None)
-        default = Preprocess.for_resolution(config.resolution) if config is not None else Preprocess()
-        self.preprocess = preprocess or getattr(model, "preprocess", None) or default
+        self.preprocess = preprocess or getattr(model, "preprocess", None) or Preprocess()
         self.labels = labels if labels is not None else getattr(model, "labels", None)
         self.name = "pytorch"
 
@@ -78,10 +76,6 @@ def load_predictor(weights: str | os.PathLike) -> Predictor:
         if not path.is_file():
             raise CheckpointError(f"model file not found: {path}")
         return _RUNTIMES[suffix](path)
-    if path.exists() or suffix in (".safetensors", ".pth", ".pt"):
-        from mnasnet.checkpoint import load_model
-
-        return TorchPredictor(load_model(path))
-    from mnasnet.weights import load_weights  # a registry name
+    from mnasnet.weights import load_weights  # our checkpoint, a publisher's file, or a registry name
 
     return TorchPredictor(load_weights(str(weights)))

@@ -141,17 +141,15 @@ def _train(config: WorkflowConfig, run_dir: Path) -> tuple[Path, list[dict[str, 
 
 
 def _export(config: WorkflowConfig, checkpoint: Path, models: Path) -> dict[str, Path]:
-    from mnasnet.data.datasets import resolve_dataset
     from mnasnet.deploy.export_onnx import export_onnx
     from mnasnet.deploy.export_tflite import export_tflite
 
-    calibration = resolve_dataset(config.data) / "train"
     exports = {}
     for name, fmt, int8, per_channel in EXPORTS:
         export = export_onnx if fmt == "onnx" else export_tflite
         options = {"int8": int8, "per_channel": per_channel, "calibration_limit": config.calibration_images}
         if int8:
-            options["calibration"] = calibration
+            options["calibration"] = config.data  # the exporters calibrate on its train split
         exports[name] = export(checkpoint, models / name, **options)
         _log(f"    {name}: {exports[name].stat().st_size / 1e3:.0f} kB")
     return exports

@@ -9,13 +9,11 @@ import numpy as np
 import torch
 
 import mnasnet
-from mnasnet.data.preprocess import Preprocess
 from mnasnet.deploy.metadata import ExportMetadata
 from mnasnet.deploy.quantize import DeployError, load_calibration_images
-from mnasnet.errors import CheckpointError
 from mnasnet.model import MnasNet
 
-__all__ = ["open_model", "model_preprocess", "base_metadata", "calibration_set", "parse_batch"]
+__all__ = ["open_model", "base_metadata", "calibration_set", "parse_batch"]
 
 
 def open_model(weights: str | os.PathLike | MnasNet) -> MnasNet:
@@ -25,15 +23,9 @@ def open_model(weights: str | os.PathLike | MnasNet) -> MnasNet:
     path = Path(weights)
     if path.suffix.lower() in (".onnx", ".tflite"):
         raise DeployError(f"{path} is already an exported file; export from a checkpoint or a registry name")
-    if path.exists() or path.suffix.lower() in (".safetensors", ".pth", ".pt"):
-        return mnasnet.load_model(path)
-    from mnasnet.weights import load_weights
+    from mnasnet.weights import load_weights  # our checkpoint, a publisher's file, or a registry name
 
-    return load_weights(str(weights)).eval()
-
-
-def model_preprocess(model: MnasNet) -> Preprocess:
-    return getattr(model, "preprocess", None) or Preprocess.for_resolution(model.config.resolution)
+    return load_weights(str(weights))
 
 
 def parse_batch(batch: int | str | None, *, allow_dynamic: bool, fmt: str) -> int | None:
@@ -66,7 +58,7 @@ def calibration_set(
         )
     if isinstance(calibration, np.ndarray):
         return calibration.astype(np.float32)
-    return load_calibration_images(calibration, model_preprocess(model), limit=limit)
+    return load_calibration_images(calibration, model.preprocess, limit=limit)
 
 
 def base_metadata(model: MnasNet, *, layout: str, precision: str, batch: int | None, **extra) -> ExportMetadata:
@@ -74,7 +66,7 @@ def base_metadata(model: MnasNet, *, layout: str, precision: str, batch: int | N
 
     return ExportMetadata(
         config=model.config.to_dict(),
-        preprocess=model_preprocess(model),
+        preprocess=model.preprocess,
         labels=list(model.labels) if getattr(model, "labels", None) else None,
         layout=layout,
         precision=precision,
@@ -101,8 +93,3 @@ def check_writable(out: str | os.PathLike, suffix: str) -> Path:
     if out.is_dir():
         raise DeployError(f"output path {out} is a folder")
     return out
-
-
-def ensure_model_file(path: Path) -> None:
-    if not path.is_file():
-        raise CheckpointError(f"model file not found: {path}")

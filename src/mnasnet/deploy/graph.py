@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnasnet.layers import Conv2dSame, ConvBNAct, same_padding
+from mnasnet.layers import Conv2dSame, ConvBNAct, fold_batch_norm, same_padding
 from mnasnet.model import MnasNet
 
 __all__ = ["LAYOUTS", "POOLINGS", "ExportableMnasNet"]
@@ -45,11 +45,8 @@ class _FoldedConv(nn.Module):
 
     def __init__(self, source: ConvBNAct) -> None:
         super().__init__()
-        conv, bn = source.conv, source.bn
-        with torch.no_grad():
-            scale = bn.weight.double() * torch.rsqrt(bn.running_var.double() + bn.eps)
-            weight = conv.weight.double() * scale.reshape(-1, 1, 1, 1)
-            bias = bn.bias.double() - bn.running_mean.double() * scale
+        conv = source.conv
+        weight, bias = fold_batch_norm(conv.weight, source.bn)
         self.same = isinstance(conv, Conv2dSame)
         self.conv = nn.Conv2d(
             conv.in_channels,
@@ -61,8 +58,8 @@ class _FoldedConv(nn.Module):
             bias=True,
         )
         with torch.no_grad():
-            self.conv.weight.copy_(weight.float())
-            self.conv.bias.copy_(bias.float())
+            self.conv.weight.copy_(weight)
+            self.conv.bias.copy_(bias)
         self.act = source.has_act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
