@@ -2,6 +2,8 @@
 
 Each piece follows torchvision's detection code (``models/detection/ssd.py``, ``retinanet.py``,
 ``anchor_utils.py``, ``_utils.py``, ``ops/boxes.py``) number for number, without its compiled ops.
+The detectors built from them, SSDLite and RetinaNet-FPN on any MnasNet backbone, live in
+``mnasnet.detection.model`` (``create_detector``, ``save_detector``, ``load_detector``).
 Import the pieces from their modules (``mnasnet.detection.anchors`` ...); this package stays light.
 """
 
