@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt requirements-oracles.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -c constraints.txt -e ".[dev,train,deploy]"
+	$(PIP) -c constraints.txt -e ".[dev,train,deploy,detection,search]"
 	# torchvision and timm are test oracles only; --no-deps keeps their CUDA wheels' needs out
 	$(PIP) -c constraints.txt --no-deps -r requirements-oracles.txt
 	touch $(STAMP)

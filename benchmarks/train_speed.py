@@ -22,8 +22,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from mnasnet.engine import TrainStep  # noqa: E402
 from mnasnet.model import create_model  # noqa: E402
-from mnasnet.train import TrainConfig, TrainStep  # noqa: E402
+from mnasnet.tasks.classification import ClassificationTask  # noqa: E402
+from mnasnet.train import TrainConfig  # noqa: E402
 
 TIMM_NAMES = {
     ("a1", 1.0): "semnasnet_100",
@@ -62,8 +64,9 @@ def our_step(arch, width, images, targets, num_classes, **settings):
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     model.train()
-    train_step = TrainStep(model, config=config, device=torch.device("cpu"))
-    batch = [train_step.prepare(images, targets)]
+    task = ClassificationTask(config)  # only its loss is used: smoothed cross entropy and correct counts
+    train_step = TrainStep(model, task=task, config=config.engine_config(), device=torch.device("cpu"))
+    batch = [train_step.prepare((images, targets))]
 
     def step():
         train_step(batch, 1e-3)

@@ -6,7 +6,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # for `import oracles`
 
-REFERENCE_MD = Path(__file__).resolve().parents[1].parent / "shared" / "REFERENCE.md"
+REFERENCE_MD = Path(__file__).resolve().parent / "fixtures" / "reference.md"  # copied from REFERENCE.md
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0, resolution: int = 64) -> torch.nn.Module:
@@ -37,5 +37,5 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0, resolution: int = 64) ->
 @pytest.fixture
 def reference_md() -> str:
     if not REFERENCE_MD.is_file():
-        pytest.fail(f"REFERENCE.md not found at {REFERENCE_MD} (CI checks out shared/ beside the repo)")
+        pytest.fail(f"reference facts not found at {REFERENCE_MD}")
     return REFERENCE_MD.read_text()

@@ -7,6 +7,7 @@ from safetensors.torch import save_file
 import mnasnet
 from mnasnet.cli import main
 from mnasnet.errors import CheckpointError
+from mnasnet.fuse import fuse_model
 from mnasnet.weights.convert import convert_file, convert_state_dict
 
 from conftest import randomize_bn
@@ -30,10 +31,10 @@ def assert_same_outputs(source: torch.nn.Module, ours: torch.nn.Module) -> None:
     with torch.no_grad():
         expected = source(x)
         # Eval mode, plain modules: the bar is 1e-4; the conversion is in fact bit-exact.
-        torch.testing.assert_close(ours.set_fast_inference(False)(x), expected, atol=1e-4, rtol=0)
-        # The fast path (BN folded into the convs) reassociates float32 sums; random-init nets
+        torch.testing.assert_close(ours(x), expected, atol=1e-4, rtol=0)
+        # The fused copy (BN folded into the convs) reassociates float32 sums; random-init nets
         # amplify that ~1000x, to ~1e-4 on logits of ~15 (2e-5 of the largest).
-        torch.testing.assert_close(ours.set_fast_inference(True)(x), expected, atol=4e-4, rtol=0)
+        torch.testing.assert_close(fuse_model(ours)(x), expected, atol=4e-4, rtol=0)
     assert expected.std() > 1.0  # the comparison is not between two near-zero outputs
 
 

@@ -269,3 +269,34 @@ def test_google_tf_entry_downloads_converts_and_matches_tensorflow(home):
     with torch.no_grad():
         np.testing.assert_allclose(model(images).numpy(), expected, atol=1e-4)
     assert not (home / "converted" / "a1_020.bad_google.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_cached_files_that_do_not_match_the_registry_hash_are_never_used(home, timm_small_file):
+    timm_model, payload = timm_small_file
+    digest = hashlib.sha256(payload).hexdigest()
+    entry = _test_entry(
+        "mnasnet_small.lamb_in1k", name="small_100.stale_in1k", publisher_name="small-stale", sha256=digest[:8]
+    )
+    # a truncated download left in the cache (by an older version, or by hand) is replaced
+    stale = home / "downloads" / entry.file_name
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(payload[:1000])
+    with _Server({f"/{entry.file_name}": payload}) as server:
+        registry.register_weights(dataclasses.replace(entry, url=f"{server.url}/{entry.file_name}"))
+        model = load_weights("small_100.stale_in1k", progress=False)
+        assert len(server.requests) == 1
+    assert hashlib.sha256(stale.read_bytes()).hexdigest() == digest
+    # a converted file made from another source file is converted again, not used
+    converted = home / "converted" / "small_100.stale_in1k.safetensors"
+    other = mnasnet.create_model("small", num_classes=1000)
+    from mnasnet.checkpoint import save_checkpoint
+
+    save_checkpoint(other, converted, extra={"source_sha256": "0" * 64})
+    again = load_weights("small_100.stale_in1k", progress=False)
+    assert read_checkpoint(converted).extra["source_sha256"] == digest
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = timm_model(x).numpy()
+        np.testing.assert_allclose(model(x).numpy(), expected, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(again(x).numpy(), expected, atol=1e-4, rtol=1e-4)

@@ -17,9 +17,9 @@ import torch
 import mnasnet
 from mnasnet.checkpoint import read_checkpoint, save_checkpoint
 from mnasnet.cli import main as cli_main
+from mnasnet.engine.checkpoint import load_training_state
 from mnasnet.model import create_model
 from mnasnet.train import TrainingDivergedError, load_config, train
-from mnasnet.train.state import load_training_state
 from train_helpers import make_colour_dataset, tiny_settings
 
 MNASNET = Path(sys.executable).with_name("mnasnet")
@@ -165,17 +165,17 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(data, tmp_path):
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch, capsys):
-    import mnasnet.train.loop as loop
+    import mnasnet.tasks.classification as classification
 
     calls = {"n": 0}
-    real_loss = loop.compute_loss
+    real_loss = classification.smoothed_cross_entropy
 
     def poisoned(logits, targets, smoothing):
         calls["n"] += 1
         loss = real_loss(logits, targets, smoothing)
         return loss * float("nan") if calls["n"] > 4 else loss  # steps 1-4 fine, step 5 diverges
 
-    monkeypatch.setattr(loop, "compute_loss", poisoned)
+    monkeypatch.setattr(classification, "smoothed_cross_entropy", poisoned)
     output = tmp_path / "run"
     with pytest.raises(
         TrainingDivergedError, match=r"loss became nan at step 5 .*last good checkpoint is .*checkpoint\.pt"
@@ -260,14 +260,16 @@ def test_finetune_loads_backbone_and_replaces_head(data, tmp_path):
             if tensor.is_floating_point():
                 tensor.add_(torch.randn_like(tensor) * 0.01)
     path = save_checkpoint(pretrained, tmp_path / "pretrained.safetensors")
-    # lr 0 and frozen BN: the backbone must come out exactly as loaded, with a new 3-class head
+    # one step in one epoch, which warmup starts at lr 0, and frozen BN: the backbone must come out
+    # exactly as loaded, with a new 3-class head
     result = run(
         data,
         tmp_path / "ft",
         recipe="finetune",
         weights=str(path),
         epochs=1,
-        lr=0.0,
+        batch_size=24,
+        warmup_epochs=1.0,
         freeze_bn=True,
         ema_decay=0.0,
         arch="a1",
@@ -414,3 +416,16 @@ def test_two_gloo_processes_end_with_identical_weights(data, tmp_path):
     assert_same_state(rank0["model"], load_training_state(tmp_path / "run" / "checkpoint.pt")["model"])
     start = create_model("small", width_multiplier=0.35, num_classes=3, resolution=32).state_dict()
     assert not torch.equal(start["stem.conv.weight"], rank0["model"]["stem.conv.weight"])  # it trained
+
+
+def test_evaluation_imports_no_training_code():
+    """Top-k evaluation of an exported model must not pull in the optimiser, the loop or the tasks."""
+    code = (
+        "import sys, mnasnet.evaluate; "
+        "print(' '.join(m for m in sys.modules if m.startswith(('mnasnet.train', 'mnasnet.engine', 'mnasnet.tasks'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""

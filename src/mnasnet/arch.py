@@ -11,6 +11,7 @@ import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 
+from mnasnet import limits
 from mnasnet.errors import BlockStringError
 
 __all__ = [
@@ -27,6 +28,18 @@ __all__ = [
 ]
 
 DEPTH_DIVISOR = 8
+
+# What the builder honours exactly (see mnasnet.limits). Anything outside is refused by
+# name before a tensor is allocated. Kernels must be odd: TF "same" and symmetric
+# padding agree only for odd kernels.
+LIMITS = {
+    "repeats": limits.MAX_REPEATS,
+    "kernel_size": limits.MAX_KERNEL_SIZE,
+    "expand_ratio": limits.MAX_EXPAND_RATIO,
+    "filters": limits.MAX_FILTERS,
+    "blocks": limits.MAX_BLOCKS,
+}
+STRIDES = ((1, 1), (2, 2))  # the reference uses no others; asymmetric strides would break the feature taps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +74,7 @@ class ArchDef:
     dropout: float
 
 
-# Google's reference strings (mnasnet_models.py), REFERENCE.md section 2.
+# Google's reference strings (tensorflow/tpu models/official/mnasnet/mnasnet_models.py).
 ARCHS: dict[str, ArchDef] = {
     "a1": ArchDef(
         stem_filters=32,
@@ -145,29 +158,41 @@ def _split_token(token: str, block_string: str) -> tuple[str, str]:
 
 
 def _positive_int(key: str, value: str, token: str, block_string: str) -> int:
-    if not value.isdigit():
+    if not value.isdigit() or not value.isascii():
         raise BlockStringError(f"non-numeric value in token {token!r} of block string {block_string!r}")
+    if len(value) > 6:
+        raise BlockStringError(f"token {token!r} is absurdly large in block string {block_string!r}")
     number = int(value)
     if number < 1:
         raise BlockStringError(f"token {token!r} must be at least 1 in block string {block_string!r}")
+    field = _INT_FIELDS.get(key, "output_filters")  # timm's "c" is the output filters
+    limit = LIMITS["filters" if field in ("input_filters", "output_filters") else field]
+    if number > limit:
+        raise BlockStringError(f"token {token!r} exceeds the limit of {limit} in block string {block_string!r}")
+    if field == "kernel_size" and number % 2 == 0:
+        raise BlockStringError(f"token {token!r}: kernels must be odd in block string {block_string!r}")
     return number
 
 
 def _se_ratio(value: str, token: str, block_string: str) -> float:
-    try:
-        ratio = float(value)
-    except ValueError:
-        raise BlockStringError(f"non-numeric value in token {token!r} of block string {block_string!r}") from None
+    # plain decimals only: float() would also take "nan", "1e-3", "_1" or "٠.٢٥"
+    if not re.fullmatch(r"[0-9]*\.?[0-9]+", value):
+        raise BlockStringError(f"non-numeric value in token {token!r} of block string {block_string!r}")
+    ratio = float(value)
     if not 0.0 < ratio <= 1.0:
         raise BlockStringError(f"token {token!r} must be in (0, 1] in block string {block_string!r}")
     return ratio
 
 
 def _strides(value: str, digits: int, token: str, block_string: str) -> tuple[int, int]:
-    if len(value) != digits or not value.isdigit() or "0" in value:
+    if len(value) != digits or not value.isdigit() or not value.isascii():
         shape = "two digits, e.g. s22" if digits == 2 else "one digit, e.g. s2"
         raise BlockStringError(f"token {token!r} needs {shape} in block string {block_string!r}")
-    return (int(value[0]), int(value[-1]))
+    strides = (int(value[0]), int(value[-1]))
+    if strides not in STRIDES:
+        allowed = "s11 or s22" if digits == 2 else "s1 or s2"
+        raise BlockStringError(f"token {token!r}: the stride must be {allowed} in block string {block_string!r}")
+    return strides
 
 
 def parse_block(block_string: str) -> BlockSpec:
@@ -228,7 +253,15 @@ def parse_arch(block_strings: Iterable[str]) -> tuple[BlockSpec, ...]:
     specs = tuple(parse_block(s) for s in block_strings)
     if not specs:
         raise BlockStringError("an architecture needs at least one block string")
+    check_block_count(specs)
     return specs
+
+
+def check_block_count(specs: Sequence[BlockSpec]) -> None:
+    """Refuses networks deeper than ``LIMITS["blocks"]``."""
+    total = sum(spec.repeats for spec in specs)
+    if total > LIMITS["blocks"]:
+        raise BlockStringError(f"the architecture has {total} blocks; the limit is {LIMITS['blocks']}")
 
 
 _TIMM_TYPES = {"ds": 1, "ir": None}  # ds is a depthwise-separable block: no expansion
@@ -295,6 +328,7 @@ def parse_timm_arch(block_strings: Iterable[str | Sequence[str]], stem_filters: 
         spec = parse_timm_block(block_string, filters)
         specs.append(spec)
         filters = spec.output_filters
+    check_block_count(specs)
     return tuple(specs)
 
 

@@ -17,8 +17,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from mnasnet import limits
 from mnasnet.data.preprocess import Preprocess
-from mnasnet.errors import BlockStringError, CheckpointError
+from mnasnet.errors import CheckpointError
 from mnasnet.fileio import atomic_path
 from mnasnet.model import MnasNet, MnasNetConfig
 
@@ -26,6 +27,7 @@ __all__ = ["Checkpoint", "load_model", "read_checkpoint", "save_checkpoint"]
 
 FORMAT_NAME = "mnasnet"
 FORMAT_VERSION = 1
+MAX_HEADER_BYTES = limits.MAX_HEADER_BYTES  # ImageNet-21k labels and provenance fit in well under 1 MiB
 
 
 @dataclass
@@ -54,6 +56,8 @@ def save_checkpoint(
         labels: class names, one per output; defaults to the model's own.
         extra: any further JSON-serialisable provenance (source, converter, ...).
     """
+    if getattr(model, "is_fused", False):
+        raise CheckpointError("a fused model has no BN layers to save; save the model it was fused from")
     preprocess = preprocess or model.preprocess
     labels = labels if labels is not None else getattr(model, "labels", None)
     if labels is not None and len(labels) != model.config.num_classes:
@@ -74,32 +78,65 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Reads and validates one of our checkpoint files (without building the model)."""
+    """Reads and validates one of our checkpoint files (without building the model).
+
+    The header is validated (within the model limits of :mod:`mnasnet.model`)
+    before any tensor is read, so a hostile header cannot make us allocate.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+            header = _read_header(path, handle.metadata() or {})
+            config = MnasNetConfig.from_dict(header["config"])
+            preprocess = Preprocess.from_dict(header.get("preprocess") or {})
+            labels = _labels(header.get("labels"), config)
             state_dict = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as error:
+    except CheckpointError:
+        raise
+    except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{path} is not a readable safetensors file ({error})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{path} has corrupt mnasnet metadata ({error})") from None
+    extra = header.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"{path} has corrupt mnasnet metadata (extra is not a mapping)")
+    return Checkpoint(config, state_dict, preprocess, labels, extra)
+
+
+def _read_header(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
+    if "mnasnet_detector" in metadata:  # written by mnasnet.detection.model.save_detector
+        raise CheckpointError(
+            f"{path} is a detector checkpoint, not a classifier; load it with mnasnet.detection.model.load_detector"
+        )
     if FORMAT_NAME not in metadata:
         raise CheckpointError(
             f"{path} is a safetensors file without mnasnet metadata; "
             "convert it first with `mnasnet convert SRC OUT --from torchvision|timm|tf`"
         )
+    if len(metadata[FORMAT_NAME]) > MAX_HEADER_BYTES:
+        raise CheckpointError(f"{path} has an mnasnet header over {MAX_HEADER_BYTES // 2**20} MiB; refusing it")
     try:
         header = json.loads(metadata[FORMAT_NAME])
-        if header.get("format_version", 0) > FORMAT_VERSION:
-            raise CheckpointError(f"{path} was written by a newer mnasnet (format {header['format_version']})")
-        config = MnasNetConfig.from_dict(header["config"])
-        preprocess = Preprocess.from_dict(header.get("preprocess") or {})
-    except CheckpointError:
-        raise
-    except (KeyError, TypeError, ValueError, BlockStringError) as error:
+    except (json.JSONDecodeError, RecursionError) as error:
         raise CheckpointError(f"{path} has corrupt mnasnet metadata ({error})") from None
-    return Checkpoint(config, state_dict, preprocess, header.get("labels"), header.get("extra") or {})
+    if not isinstance(header, dict) or header.get("format") not in (FORMAT_NAME, None):
+        raise CheckpointError(f"{path} has corrupt mnasnet metadata (not an mnasnet header)")
+    version = header.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer mnasnet (format {version!r})")
+    return header
+
+
+def _labels(labels: Any, config: MnasNetConfig) -> list[str] | None:
+    if labels is None:
+        return None
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise CheckpointError("labels must be a list of strings")
+    if len(labels) != config.num_classes:
+        raise CheckpointError(f"{len(labels)} labels for a model with {config.num_classes} classes")
+    return labels
 
 
 def model_from_checkpoint(checkpoint: Checkpoint, source: str = "checkpoint") -> MnasNet:

@@ -15,3 +15,19 @@ class CheckpointError(MnasNetError, ValueError):
 
 class DataError(MnasNetError, ValueError):
     """A dataset folder or image is missing or unreadable."""
+
+
+class ModelConfigError(MnasNetError, ValueError):
+    """A model setting (width, resolution, class count, filters, ...) the builder cannot honour."""
+
+
+class ConfigError(MnasNetError, ValueError):
+    """An option or setting has a value the command cannot use (a thread count, a batch size, a mode name)."""
+
+
+class MissingDependencyError(MnasNetError, ImportError):
+    """An optional package a feature needs is not installed; the message names the extra to install."""
+
+
+class CacheError(MnasNetError, OSError):
+    """The cache folder ($MNASNET_HOME) cannot be created or written."""

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mnasnet.errors import ModelConfigError
 
 PADDINGS = ("symmetric", "same")
 
 
 def same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
     """TF "same" padding for one spatial axis, as (before, after)."""
-    out = math.ceil(size / stride)
+    out = (size + stride - 1) // stride  # ceil, in integers (scriptable and exact)
     total = max((out - 1) * stride + kernel_size - size, 0)
     # TF puts the odd pixel after: k3 s2 on 224 pads 0 top, 1 bottom.
     return total // 2, total - total // 2
+
+
+def pad_same(x: torch.Tensor, kernel_size: list[int], stride: list[int]) -> torch.Tensor:
+    """Pads ``x`` as TF "same" does for this kernel and stride (a no-op for most layers)."""
+    top, bottom = same_padding(x.shape[-2], kernel_size[0], stride[0])
+    left, right = same_padding(x.shape[-1], kernel_size[1], stride[1])
+    if top == 0 and bottom == 0 and left == 0 and right == 0:
+        return x
+    return F.pad(x, [left, right, top, bottom])
+
+
+# The padding depends on the input size: a leaf for torch.fx, so models with TF padding still trace.
+torch.fx.wrap("pad_same")
 
 
 class Conv2dSame(nn.Conv2d):
@@ -27,13 +40,9 @@ class Conv2dSame(nn.Conv2d):
     those pay for an explicit pad.
     """
 
-    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
-        left, right = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
-        return F.pad(x, (left, right, top, bottom)) if top or bottom or left or right else x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(self.pad_input(x), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        x = pad_same(x, list(self.kernel_size), list(self.stride))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 def make_conv(
@@ -48,7 +57,7 @@ def make_conv(
 ) -> nn.Conv2d:
     """A bias-free convolution with the chosen padding rule."""
     if padding not in PADDINGS:
-        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        raise ModelConfigError(f"padding must be one of {PADDINGS}, got {padding!r}")
     if padding == "same" and stride > 1:
         return Conv2dSame(in_channels, out_channels, kernel_size, stride, groups=groups, bias=bias)
     # For stride 1 and odd kernels TF "same" equals symmetric padding.
@@ -66,7 +75,11 @@ def fold_batch_norm(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Ten
 
 
 class ConvBNAct(nn.Sequential):
-    """Convolution, batch norm and (optionally) ReLU."""
+    """Convolution, batch norm and (optionally) ReLU, as plain modules.
+
+    :func:`mnasnet.fuse.fuse_model` folds the BN into the convolution's bias and
+    leaves ``bn`` as an ``nn.Identity``; nothing here changes with the mode.
+    """
 
     def __init__(
         self,
@@ -87,36 +100,6 @@ class ConvBNAct(nn.Sequential):
         if act:
             self.act = nn.ReLU(inplace=True)
         self.has_act = act
-        self.fold_bn = True  # see forward(); MnasNet.set_fast_inference switches it
-        self._folded: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
-
-    def _folded_weights(self, memory_format: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conv weights with the BN folded in, recomputed whenever a weight or statistic changes."""
-        bn, weight = self.bn, self.conv.weight
-        tensors = (weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        key = tuple((t._version, t.data_ptr()) for t in tensors) + (memory_format, bn.eps)
-        if self._folded is None or self._folded[0] != key:
-            with torch.inference_mode(False):
-                folded, bias = fold_batch_norm(weight, bn)
-            self._folded = (key, folded.contiguous(memory_format=memory_format), bias)
-        return self._folded[1], self._folded[2]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In inference (eval mode, no autograd) the BN is folded into the conv: one op
-        # instead of three, about 1.5-2x faster on CPU. Training, and eval with
-        # gradients (saliency, attacks), run the plain modules.
-        if self.training or not self.fold_bn or torch.is_grad_enabled() or not self.bn.track_running_stats:
-            return super().forward(x)
-        channels_last = x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)
-        weight, bias = self._folded_weights(torch.channels_last if channels_last else torch.contiguous_format)
-        conv = self.conv
-        if isinstance(conv, Conv2dSame):
-            x = conv.pad_input(x)
-            padding = 0
-        else:
-            padding = conv.padding
-        x = F.conv2d(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
-        return F.relu(x, inplace=True) if self.has_act else x
 
 
 class SqueezeExcite(nn.Module):
@@ -144,7 +127,7 @@ class DropPath(nn.Module):
         if not self.training or self.drop_prob == 0.0:
             return x
         keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        mask = x.new_empty([x.shape[0]] + [1] * (x.dim() - 1)).bernoulli_(keep)
         return x * mask / keep
 
     def extra_repr(self) -> str:

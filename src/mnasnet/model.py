@@ -10,9 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from mnasnet import limits
 from mnasnet.arch import (
     ARCHS,
     BlockSpec,
+    check_block_count,
     format_block,
     parse_arch,
     parse_timm_arch,
@@ -20,12 +22,24 @@ from mnasnet.arch import (
     scale_blocks,
 )
 from mnasnet.data.preprocess import Preprocess
-from mnasnet.errors import BlockStringError
+from mnasnet.errors import BlockStringError, ModelConfigError
 from mnasnet.layers import PADDINGS, ConvBNAct, DropPath, SqueezeExcite
 
 __all__ = ["MnasNet", "MnasNetConfig", "MBConvBlock", "create_model", "list_models"]
 
 HEAD_FILTERS = 1280  # not scaled by the width multiplier, as in the reference
+
+# Limits on settings, checked before anything is allocated (see also arch.LIMITS):
+# a checkpoint header or a flag cannot ask for an absurd model.
+MAX_PARAMETERS = limits.MAX_PARAMETERS
+MAX_WIDTH_MULTIPLIER = limits.MAX_WIDTH_MULTIPLIER
+_INT_SETTINGS = {
+    "stem_filters": (1, limits.MAX_FILTERS),
+    "head_filters": (1, limits.MAX_FILTERS),
+    "num_classes": (1, limits.MAX_NUM_CLASSES),
+    "resolution": (limits.MIN_RESOLUTION, limits.MAX_RESOLUTION),
+}
+_FLOAT_SETTINGS = {"dropout": (0.0, 1.0), "drop_path_rate": (0.0, 1.0), "bn_momentum": (0.0, 1.0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +64,26 @@ class MnasNetConfig:
 
     def __post_init__(self) -> None:
         if self.padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
-        for name in ("stem_filters", "head_filters", "num_classes", "resolution"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError("dropout and drop_path_rate must be in [0, 1)")
+            raise ModelConfigError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
+        for name, (low, high) in _INT_SETTINGS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ModelConfigError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+        for name, (low, high) in _FLOAT_SETTINGS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value < high:
+                raise ModelConfigError(f"{name} must be a number in [{low}, {high}), got {value!r}")
+        if not (isinstance(self.bn_eps, int | float) and 0 < self.bn_eps < 1):
+            raise ModelConfigError(f"bn_eps must be in (0, 1), got {self.bn_eps!r}")
+        if not (isinstance(self.blocks, tuple) and self.blocks and all(isinstance(b, BlockSpec) for b in self.blocks)):
+            raise ModelConfigError("blocks must be a non-empty tuple of BlockSpec")
+        check_block_count(self.blocks)
+        parameters = estimate_parameters(self)
+        if parameters > MAX_PARAMETERS:
+            raise ModelConfigError(
+                f"this model would have about {parameters / 1e6:,.0f}M parameters; the limit is "
+                f"{MAX_PARAMETERS / 1e6:,.0f}M (check the widths, filters and class count)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -67,8 +95,32 @@ class MnasNetConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown model settings: {sorted(unknown)}")
+            raise ModelConfigError(f"unknown model settings: {sorted(unknown)}")
         return cls(**{**data, "blocks": parse_arch(data["blocks"])})
+
+
+def check_resolution(resolution: Any) -> int:
+    """``resolution`` if it is an input size the model limits allow, else a :class:`ModelConfigError`."""
+    low, high = _INT_SETTINGS["resolution"]
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or not low <= resolution <= high:
+        raise ModelConfigError(f"resolution must be an integer from {low} to {high}, got {resolution!r}")
+    return resolution
+
+
+def estimate_parameters(config: MnasNetConfig) -> int:
+    """Parameters of the model ``config`` describes, counted without building it (to within BN and SE biases)."""
+    channels = config.stem_filters
+    total = 27 * channels
+    for spec in config.blocks:
+        for repeat in range(spec.repeats):
+            inputs = spec.input_filters if repeat == 0 else spec.output_filters
+            expanded = inputs * spec.expand_ratio if spec.expand_ratio != 1 else channels
+            total += channels * expanded if spec.expand_ratio != 1 else 0
+            total += expanded * spec.kernel_size**2
+            total += 2 * expanded * max(1, int(inputs * (spec.se_ratio or 0))) if spec.se_ratio else 0
+            total += expanded * spec.output_filters
+            channels = spec.output_filters
+    return total + channels * config.head_filters + (config.head_filters + 1) * config.num_classes
 
 
 class MBConvBlock(nn.Module):
@@ -127,6 +179,8 @@ def _expand_repeats(specs: Sequence[BlockSpec]) -> list[list[BlockSpec]]:
 class MnasNet(nn.Module):
     """MnasNet as Google's reference builds it: stem, stages of MBConv blocks, head, classifier."""
 
+    __jit_unused_properties__ = ["feature_channels"]  # Python-side metadata, not part of the graph
+
     def __init__(self, config: MnasNetConfig) -> None:
         super().__init__()
         self.config = config
@@ -148,7 +202,8 @@ class MnasNet(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.head_filters, config.num_classes)
         self.feature_info = self._feature_info()
-        self.fast_inference = True
+        # Set by fuse_model on CPU: oneDNN runs depthwise convolutions fastest channels-last.
+        self.channels_last_input = False
         # How inputs are prepared, and class names: checkpoints and weights replace these.
         self.preprocess = Preprocess.for_resolution(config.resolution)
         self.labels: list[str] | None = None
@@ -174,29 +229,17 @@ class MnasNet(nn.Module):
 
     # -- classification -------------------------------------------------------------
 
-    def set_fast_inference(self, enabled: bool = True) -> MnasNet:
-        """Turns the inference fast path on or off (on by default).
+    def fuse(self) -> MnasNet:
+        """An inference copy with BN folded into the convolutions; see :func:`mnasnet.fuse.fuse_model`."""
+        from mnasnet.fuse import fuse_model
 
-        In eval mode with autograd off, BN is folded into the convolutions and CPU
-        activations run channels-last (oneDNN's fast layout for depthwise convs).
-        Outputs match the plain path to float rounding; export code turns it off so
-        that graphs keep their BN and parameters.
-        """
-        self.fast_inference = enabled
-        for module in self.modules():
-            if isinstance(module, ConvBNAct):
-                module.fold_bn = enabled
-        return self
-
-    def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        fast = self.fast_inference and not self.training and not torch.is_grad_enabled()
-        if fast and x.device.type == "cpu" and x.ndim == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+        return fuse_model(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem, stages and head: the 1280-channel map at stride 32."""
-        return self.head(self.stages(self.stem(self._prepare_input(x))))
+        if self.channels_last_input:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.head(self.stages(self.stem(x)))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(features.mean((2, 3))))
@@ -267,7 +310,9 @@ class MnasNet(nn.Module):
         taps = {tap["block"]: tap for tap in self.feature_info if tap["block"] is not None and not tap["expanded"]}
         expand_taps = {tap["block"]: tap for tap in self.feature_info if tap["expanded"]}
         outputs: dict[str, torch.Tensor] = {}
-        x = self.stem(self._prepare_input(x))
+        if self.channels_last_input:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.stem(x)
         for stage_index, stage in enumerate(self.stages):
             for block_index, block in enumerate(stage):
                 key = (stage_index, block_index)
@@ -303,11 +348,18 @@ def build_config(
     **settings: Any,
 ) -> MnasNetConfig:
     """Resolves an architecture name or a list of block strings into a :class:`MnasNetConfig`."""
-    if width_multiplier is not None and width_multiplier <= 0:
-        raise ValueError(f"width_multiplier must be positive, got {width_multiplier!r}")
+    if width_multiplier is not None and not (
+        isinstance(width_multiplier, int | float)
+        and not isinstance(width_multiplier, bool)
+        and math.isfinite(width_multiplier)
+        and 0 < width_multiplier <= MAX_WIDTH_MULTIPLIER
+    ):
+        raise ModelConfigError(f"width_multiplier must be in (0, {MAX_WIDTH_MULTIPLIER:g}], got {width_multiplier!r}")
     if isinstance(arch, str):
         if arch not in ARCHS:
-            raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)} or pass block strings")
+            raise ModelConfigError(
+                f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)} or pass block strings"
+            )
         definition = ARCHS[arch]
         name, specs = arch, parse_arch(definition.blocks)
         stem = definition.stem_filters if stem_filters is None else stem_filters
@@ -339,10 +391,9 @@ def create_model(
     width_multiplier: float | None = None,
     num_classes: int = 1000,
     resolution: int = 224,
-    weights: str | None = None,
     **settings: Any,
 ) -> MnasNet:
-    """Builds a MnasNet.
+    """Builds a freshly initialised MnasNet (``mnasnet.create_model`` also takes ``weights=``).
 
     Args:
         arch: ``a1``, ``b1``, ``small``, ``d1``, ``d1_320``, or a list of block strings
@@ -353,14 +404,9 @@ def create_model(
         num_classes: classifier outputs.
         resolution: the input size the model is meant for (used by summaries and export;
             the model itself accepts any size).
-        weights: a registry name or a path to a checkpoint; its stored architecture wins.
         **settings: ``padding`` ("symmetric" or "same"), ``bn_eps``, ``bn_momentum``,
             ``dropout``, ``drop_path_rate``, ``stem_filters``, ``min_depth``, ``head_filters``.
     """
-    if weights is not None:
-        from mnasnet.weights import load_weights
-
-        return load_weights(weights)
     config = build_config(
         arch, width_multiplier=width_multiplier, num_classes=num_classes, resolution=resolution, **settings
     )

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from mnasnet.data.images import find_images, load_image
 from mnasnet.data.preprocess import build_eval_transform
-from mnasnet.errors import DataError
+from mnasnet.errors import ConfigError, DataError
+from mnasnet.limits import check_batch_size
 from mnasnet.runtime import Predictor
 
 __all__ = ["ClassScore", "Prediction", "expand_image_paths", "predict_images", "softmax"]
@@ -88,10 +89,9 @@ def predict_images(
         batch_size: images per forward pass.
         progress: tqdm bar on stderr; ``None`` shows it only on a terminal.
     """
-    if topk < 1:
-        raise ValueError(f"topk must be at least 1, got {topk}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ConfigError(f"topk must be a positive integer, got {topk!r}")
+    check_batch_size(batch_size)
     transform = build_eval_transform(predictor.preprocess)
     items = expand_image_paths(paths)
     results: dict[int, Prediction] = {}

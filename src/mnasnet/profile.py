@@ -1,6 +1,6 @@
 """Parameters and multiply-adds per layer, counted as the reference counts them.
 
-MACs count convolutions and the dense layer only (REFERENCE.md section 4):
+MACs count convolutions and the dense layer only, as the reference's size table does:
 BN, ReLU, pooling, the SE gate and residual adds are left out.
 """
 
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mnasnet.layers import ConvBNAct, SqueezeExcite
-from mnasnet.model import MnasNet
+from mnasnet.model import MnasNet, check_resolution
 
 __all__ = ["LayerProfile", "ModelProfile", "profile_model"]
 
@@ -61,7 +61,7 @@ def _kind(module: nn.Module) -> str:
 
 def profile_model(model: MnasNet, resolution: int | None = None) -> ModelProfile:
     """Runs one image through ``model`` and counts each layer's parameters and MACs."""
-    resolution = resolution or model.config.resolution
+    resolution = check_resolution(model.config.resolution if resolution is None else resolution)
     rows: list[LayerProfile] = []
     macs: dict[nn.Module, int] = {}
     hooks = []
@@ -85,17 +85,15 @@ def profile_model(model: MnasNet, resolution: int | None = None) -> ModelProfile
             hooks.append(module.register_forward_hook(count_conv))
         if isinstance(module, ConvBNAct | SqueezeExcite | nn.Linear):
             hooks.append(module.register_forward_hook(record(name)))
-    was_training, was_fast = model.training, model.fast_inference
+    was_training = model.training
     try:
-        # The plain path, so that every conv runs through its module and its hook.
-        model.eval().set_fast_inference(False)
+        model.eval()
         with torch.no_grad():
             model(torch.zeros(1, 3, resolution, resolution))
     finally:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
-        model.set_fast_inference(was_fast)
     total_params = sum(p.numel() for p in model.parameters())
     return ModelProfile(tuple(rows), total_params, sum(row.macs for row in rows), resolution)
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import abc
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +17,9 @@ import torch
 
 from mnasnet.data.preprocess import Preprocess
 from mnasnet.errors import CheckpointError
+from mnasnet.fuse import fuse_model
 
-__all__ = ["Predictor", "TorchPredictor", "load_predictor", "register_runtime"]
+__all__ = ["RUNTIMES", "Predictor", "TorchPredictor", "load_predictor"]
 
 
 class Predictor(abc.ABC):
@@ -44,10 +46,10 @@ class Predictor(abc.ABC):
 
 
 class TorchPredictor(Predictor):
-    """A PyTorch :class:`~mnasnet.model.MnasNet` in eval mode."""
+    """A PyTorch :class:`~mnasnet.model.MnasNet`, fused for inference (the caller's model is not changed)."""
 
     def __init__(self, model: torch.nn.Module, preprocess: Preprocess | None = None, labels: list[str] | None = None):
-        self.model = model.eval()
+        self.model = fuse_model(model)
         self.preprocess = preprocess or getattr(model, "preprocess", None) or Preprocess()
         self.labels = labels if labels is not None else getattr(model, "labels", None)
         self.name = "pytorch"
@@ -57,25 +59,27 @@ class TorchPredictor(Predictor):
             return self.model(torch.from_numpy(images)).float().numpy()
 
 
-# Suffix -> loader; the deploy package registers ".onnx" and ".tflite".
-_RUNTIMES: dict[str, Callable[[Path], Predictor]] = {}
+# Exported-file suffix -> "module:function" that opens it. Resolved on use, so that
+# importing this module loads no runtime library and registers nothing as a side effect.
+RUNTIMES: dict[str, str] = {
+    ".onnx": "mnasnet.deploy.runtimes:load_onnx",
+    ".tflite": "mnasnet.deploy.runtimes:load_tflite",
+}
 
 
-def register_runtime(suffix: str, loader: Callable[[Path], Predictor]) -> None:
-    """Makes :func:`load_predictor` open files ending in ``suffix`` with ``loader``."""
-    _RUNTIMES[suffix.lower()] = loader
+def _runtime_loader(suffix: str) -> Callable[[Path], Predictor]:
+    module_name, function_name = RUNTIMES[suffix].split(":")
+    return getattr(importlib.import_module(module_name), function_name)
 
 
 def load_predictor(weights: str | os.PathLike) -> Predictor:
     """Opens a checkpoint, an exported file or a registry name as a :class:`Predictor`."""
     path = Path(weights)
     suffix = path.suffix.lower()
-    if suffix not in _RUNTIMES and suffix in (".onnx", ".tflite"):
-        import mnasnet.deploy  # noqa: F401  (registers the exported-file runtimes)
-    if suffix in _RUNTIMES:
+    if suffix in RUNTIMES:
         if not path.is_file():
             raise CheckpointError(f"model file not found: {path}")
-        return _RUNTIMES[suffix](path)
-    from mnasnet.weights import load_weights  # our checkpoint, a publisher's file, or a registry name
+        return _runtime_loader(suffix)(path)
+    from mnasnet.weights import load_weights  # the one loader: checkpoint, publisher's file or registry name
 
-    return TorchPredictor(load_weights(str(weights)))
+    return TorchPredictor(load_weights(weights))

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mnasnet.extras import check_installed, require
 from mnasnet.fileio import atomic_path, atomic_write_text
 
 __all__ = ["WorkflowConfig", "run_workflow"]
@@ -29,6 +30,9 @@ EXPORTS = (
     ("model_int8.tflite", "tflite", True, True),
     ("model_int8_per_tensor.tflite", "tflite", True, False),
 )
+# Optional packages the steps import, checked before training so that a missing one costs seconds, not a
+# training run. Vela (ethosu) is left out: without it the report says the NPU check could not run.
+REQUIRED_PACKAGES = ("matplotlib", "onnx", "onnxscript", "onnxruntime", "ai_edge_litert", "litert_torch", "torchao")
 
 
 @dataclasses.dataclass
@@ -73,9 +77,13 @@ def run_workflow(config: WorkflowConfig) -> Path:
     """Runs the workflow and returns the path of the Markdown report.
 
     Raises:
+        MissingDependencyError: optional packages the steps need are missing (all named, before any work).
         MnasNetError: bad data, options or files (as the individual steps raise them).
     """
     from mnasnet.data.datasets import resolve_dataset
+
+    builtin_data = ("sklearn",) if config.data == "digits" and not Path(config.data).exists() else ()
+    check_installed(REQUIRED_PACKAGES + builtin_data, purpose="mnasnet demo")
 
     output = Path(config.output)
     models = output / "models"
@@ -116,8 +124,8 @@ def run_workflow(config: WorkflowConfig) -> Path:
 
 
 def _train(config: WorkflowConfig, run_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
+    from mnasnet.train import train
     from mnasnet.train.config import DIGITS_SETTINGS, load_config
-    from mnasnet.train.loop import train
 
     tuned = DIGITS_SETTINGS if config.data == "digits" else {}
     train_config = load_config(
@@ -218,8 +226,7 @@ def _classify(config: WorkflowConfig, exports: dict[str, Path], dataset: Path) -
 
 
 def _plot_latency_accuracy(latency: list[dict], accuracy: dict[str, dict], out: Path) -> None:
-    import matplotlib
-
+    matplotlib = require("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -254,11 +261,11 @@ def _write_report(
     predictions: list[dict[str, Any]],
     seconds: float,
 ) -> Path:
-    from mnasnet.checkpoint import load_model
     from mnasnet.profile import profile_model
     from mnasnet.train.plot import plot_run
+    from mnasnet.weights import load_weights
 
-    model = load_model(checkpoint)
+    model = load_weights(checkpoint)
     profile = profile_model(model)
     curves = plot_run(output / "run", output / "training_curves.png")
     _plot_latency_accuracy(latency, accuracy, output / "latency_vs_accuracy.png")

@@ -1,26 +1,37 @@
 """The ``mnasnet`` command line: thin wrappers over the Python API.
 
 Each command group lives in its own module with a ``register(subparsers)``
-function; this module only collects them and turns user errors into one line.
+function; this module only collects them, prepares the process (OpenMP settings
+before PyTorch loads, the thread count) and turns user errors into one line.
+Building the parser imports nothing heavy, so ``mnasnet --help`` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
 
 from mnasnet import __version__
 from mnasnet.errors import MnasNetError
+from mnasnet.threads import prepare_environment
 
 COMMAND_MODULES = (
     "mnasnet.cli.model_commands",  # summary, convert
     "mnasnet.cli.weights_commands",  # weights, predict
     "mnasnet.cli.train_commands",  # train, evaluate, plot
     "mnasnet.cli.deploy_commands",  # export, benchmark, npu-report
+    "mnasnet.cli.detect_commands",  # detect train|evaluate|predict|export
     "mnasnet.cli.workflow_commands",  # demo
+    "mnasnet.cli.search_commands",  # search
 )
+
+# Errors from outside the project that mean the user's input or machine, not a bug: the operating
+# system refusing a path it names, or a full or read-only disk. Anything else shows its traceback.
+_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,15 +46,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_user_error(error: BaseException) -> bool:
+    """True for errors the CLI reports as one line: the project's own, and the few of :data:`_PATH_ERRORS`."""
+    if isinstance(error, MnasNetError):
+        return True
+    if isinstance(error, _PATH_ERRORS) and error.filename is not None:
+        return True
+    if isinstance(error, OSError) and error.errno in _DISK_ERRNOS:
+        return True
+    # out of memory: a batch too large for the machine
+    out_of_memory = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
+    return out_of_memory is not None and isinstance(error, out_of_memory)
+
+
 def main(argv: list[str] | None = None) -> int:
+    prepare_environment()  # before anything imports torch: OpenMP reads it once, when it loads
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "threads"):
+            from mnasnet.threads import configure_threads
+
+            args.threads = configure_threads(args.threads)
         return int(args.func(args) or 0)
-    except (MnasNetError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
-        # User errors: one line, no traceback.
-        print(f"mnasnet {args.command}: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"mnasnet {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -51,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         # the reader went away (`mnasnet predict ... | head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as error:
+        if not is_user_error(error):
+            raise  # a bug: the traceback is what a report needs
+        print(f"mnasnet {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from mnasnet.cli.options import add_threads_flag
+
 
 def register(subparsers) -> None:
     export = subparsers.add_parser(
@@ -38,6 +40,7 @@ def register(subparsers) -> None:
     )
     export.add_argument("--eval-data", metavar="DATA", help="print float32 vs exported top-1 on this dataset")
     export.add_argument("--eval-limit", type=int, default=None, help="evaluate only this many images")
+    add_threads_flag(export, "calibration and the --eval-data comparison")
     export.set_defaults(func=_export)
 
     bench = subparsers.add_parser(
@@ -48,7 +51,7 @@ def register(subparsers) -> None:
     )
     bench.add_argument("--weights", required=True, help="checkpoint, registry name, or an exported .onnx/.tflite")
     bench.add_argument("--runtimes", default=None, help="comma-separated subset of: " + ", ".join(_runtimes()))
-    bench.add_argument("--threads", type=int, default=2)
+    add_threads_flag(bench, "every runtime measured")
     bench.add_argument("--batch", default="1,32", help="comma-separated batch sizes (default 1,32)")
     bench.add_argument("--repeats", type=int, default=30, help="timed runs at batch 1")
     bench.add_argument("--calibration", default="digits", help="images for the int8 exports (default: digits)")
@@ -76,7 +79,7 @@ def _runtimes() -> tuple[str, ...]:
 
 def _export(args: argparse.Namespace) -> int:
     from mnasnet.deploy import DeployError, export_onnx, export_tflite
-    from mnasnet.deploy.common import open_model
+    from mnasnet.deploy.common import check_export_packages, open_model
 
     out = Path(args.out)
     fmt = args.format or out.suffix.lower().lstrip(".")
@@ -86,6 +89,7 @@ def _export(args: argparse.Namespace) -> int:
         raise DeployError(f"--format {args.format} writes a .{args.format} file, not {out.name}")
     if args.target and not (fmt == "tflite" and args.int8):
         raise DeployError("--target (an Ethos-U NPU) needs an int8 TFLite export: --format tflite --int8")
+    check_export_packages(fmt, args.int8)  # before opening (perhaps downloading) the weights
     model = open_model(args.weights)
     options = {"int8": args.int8, "calibration": args.calibration, "per_channel": not args.per_tensor}
     if args.batch is not None:

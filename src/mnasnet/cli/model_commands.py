@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 from mnasnet.arch import ARCHS
+from mnasnet.cli.options import add_threads_flag
+from mnasnet.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--resize", type=int, help="evaluation resize of the short side (default: the source's)")
     convert.add_argument("--crop", type=int, help="evaluation crop size (default 224)")
     convert.add_argument("--interpolation", choices=("bilinear", "bicubic"), help="evaluation interpolation")
+    add_threads_flag(convert)
     convert.set_defaults(func=run_convert)
 
 
@@ -57,8 +60,8 @@ def run_summary(args: argparse.Namespace) -> int:
         model = load_model(args.arch)
         title = f"{args.arch}"
     else:
-        raise ValueError(f"unknown architecture {args.arch!r}; choose from {', '.join(ARCHS)} or a checkpoint path")
-    resolution = args.resolution or model.config.resolution
+        raise ConfigError(f"unknown architecture {args.arch!r}; choose from {', '.join(ARCHS)} or a checkpoint path")
+    resolution = args.resolution if args.resolution is not None else model.config.resolution
     profile = profile_model(model, resolution)
     if args.json:
         data = profile.to_dict()
@@ -75,6 +78,8 @@ def run_convert(args: argparse.Namespace) -> int:
     from mnasnet.checkpoint import save_checkpoint
     from mnasnet.weights.convert import convert_file
 
+    if args.source == "tf" and args.arch is None:  # TF checkpoints do not say which architecture they hold
+        raise ConfigError(f"--arch is needed for TF checkpoints ({', '.join(ARCHS)})")
     model = convert_file(args.src, args.source, arch=args.arch, width_multiplier=args.width)
     overrides = {
         key: value

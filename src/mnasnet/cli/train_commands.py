@@ -10,14 +10,19 @@ import sys
 import typing
 from pathlib import Path
 
+from mnasnet.cli.options import add_threads_flag
+from mnasnet.errors import ConfigError, MnasNetError
+
 # Short help for the flags generated from TrainConfig; the rest say "(default: preset)".
 _HELP = {
     "data": "dataset folder (train/ and val/ of class folders) or the built-in 'digits'",
     "arch": "architecture: a1, b1, small, d1, d1_320",
+    "blocks_file": "a searched architecture (mnasnet search's RUN/front/trial-N.blocks) instead of --arch; "
+    "sets --resolution unless given",
     "width": "width multiplier (e.g. 0.5, 1.4)",
     "resolution": "input size in pixels",
     "weights": "pretrained weights to start from: registry name or checkpoint (finetune)",
-    "recipe": "preset: paper (REFERENCE.md section 5) or finetune",
+    "recipe": "preset: paper (Google's reference recipe) or finetune",
     "output": "run folder (config, checkpoints, metrics, curves)",
     "epochs": "epochs to train",
     "batch_size": "images per process and step (global batch = this x processes x accum-steps)",
@@ -32,6 +37,8 @@ _HELP = {
     "save_every": "optimizer steps between checkpoints (0: only at each epoch end)",
     "ema_decay": "EMA decay over weights and BN statistics (0 turns it off)",
     "crop_aspect_ratio": "random-crop aspect range, as MIN,MAX",
+    "qat": "quantisation-aware fine-tuning of --weights (a float checkpoint) for int8 export",
+    "per_tensor": "with --qat: per-tensor weight scales (export with --per-tensor)",
 }
 
 
@@ -64,6 +71,7 @@ def register(subparsers) -> None:
     train.add_argument("--config", metavar="YAML", help="YAML file of settings (flags override it)")
     train.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_flag(train, "each training process")
     _add_config_flags(train)
     train.set_defaults(func=_train)
 
@@ -81,6 +89,7 @@ def register(subparsers) -> None:
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate only this many images")
     evaluate.add_argument("--per-class", action="store_true", help="also report accuracy per class")
     evaluate.add_argument("--json", action="store_true", help='print {"top1": .., "top5": .., "n": ..}')
+    add_threads_flag(evaluate, "the model (PyTorch, ONNX Runtime or LiteRT)")
     evaluate.set_defaults(func=_evaluate)
 
     plot = subparsers.add_parser("plot", help="PNG curves of a training run")
@@ -89,23 +98,25 @@ def register(subparsers) -> None:
     plot.set_defaults(func=_plot)
 
 
-_SETTING_ARGS = ("config", "resume", "quiet", "func", "command")
+_SETTING_ARGS = ("config", "resume", "quiet", "threads", "func", "command")
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mnasnet.train import load_config, train
+    from mnasnet.train import train
 
     overrides = {key: value for key, value in vars(args).items() if key not in _SETTING_ARGS}
     if args.resume:
         if "output" not in overrides:
-            raise ValueError("--resume needs --output RUN_DIR")
+            raise ConfigError("--resume needs --output RUN_DIR")
         saved = Path(overrides["output"]) / "config.yaml"
         # --max-steps limits one invocation (e.g. a time budget); a resumed run goes on unless given again
         overrides.setdefault("max_steps", "none")
-        config = load_config(yaml_path=saved if saved.is_file() else args.config, overrides=overrides)
+        config = _load_config(saved if saved.is_file() else args.config, overrides)
     else:
-        config = load_config(yaml_path=args.config, overrides=overrides)
+        config = _load_config(args.config, overrides)
     main_process = os.environ.get("RANK", "0") == "0"
+    if config.qat:
+        from mnasnet.tasks.qat import train_qat as train
     result = train(config, resume=args.resume, progress=not args.quiet)
     if not main_process:
         return 130 if result.status == "interrupted" else 0
@@ -119,6 +130,17 @@ def _train(args: argparse.Namespace) -> int:
     else:
         print(f"weights: {result.run_dir / 'best.safetensors'} and last.safetensors; metrics: {result.run_dir}")
     return 130 if result.status == "interrupted" else 0
+
+
+def _load_config(yaml_path: str | Path | None, overrides: dict):
+    from mnasnet.train import load_config
+
+    try:
+        return load_config(yaml_path=yaml_path, overrides=overrides)
+    except ValueError as error:  # load_config's contract: a flag's value of the wrong type or out of range
+        if isinstance(error, MnasNetError):
+            raise
+        raise ConfigError(str(error)) from None
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from mnasnet.cli.options import add_threads_flag, positive_int
+
 
 def register(subparsers) -> None:
     weights = subparsers.add_parser(
@@ -28,20 +30,11 @@ def register(subparsers) -> None:
     predict.add_argument(
         "--weights", required=True, metavar="NAME|PATH", help="registry name, checkpoint, or exported .onnx/.tflite"
     )
-    predict.add_argument("--topk", type=_positive_int, default=5, help="classes per image (default: 5)")
-    predict.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (default: 16)")
+    predict.add_argument("--topk", type=positive_int, default=5, help="classes per image (default: 5)")
+    predict.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default: 16)")
     predict.add_argument("--json", action="store_true", help="print one JSON list with an object per image")
+    add_threads_flag(predict, "the model (PyTorch, ONNX Runtime or LiteRT)")
     predict.set_defaults(func=run_predict)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def run_weights(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mnasnet.cli.options import add_threads_flag
 from mnasnet.workflow import WorkflowConfig, default_output
 
 QUICK = {"epochs": 1, "benchmark_repeats": 5, "calibration_images": 32, "held_out_images": 2}
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--resolution", type=int, default=defaults.resolution, help="input size (default: %(default)s)")
     demo.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs (default: %(default)s)")
     demo.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    demo.add_argument("--threads", type=int, default=defaults.threads, help="threads for the benchmark")
+    add_threads_flag(demo, "training, export and the benchmark")
     demo.add_argument("--quick", action="store_true", help="a few training steps and short benchmarks (a smoke test)")
     demo.set_defaults(func=run_demo)
 

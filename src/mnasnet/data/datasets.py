@@ -10,18 +10,18 @@ built-in set take one code path.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from mnasnet.data.images import IMAGE_SUFFIXES, load_image
-from mnasnet.errors import DataError
-from mnasnet.fileio import cache_dir
+from mnasnet.errors import DataError, MnasNetError
+from mnasnet.extras import require
+from mnasnet.fileio import atomic_directory, cache_dir, writable_cache_dir
+from mnasnet.threads import available_cpus
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -32,7 +32,7 @@ __all__ = [
     "resolve_dataset",
 ]
 
-BUILTIN_DATASETS = ("digits",)
+BUILTIN_DATASETS = ("digits", "photos")  # photos: mnasnet.data.photos
 _DIGITS_VERSION = "digits-v1"
 _DIGITS_SIZE = 32  # the 8x8 originals, upscaled so random crops stay meaningful
 _DIGITS_VAL_FRACTION = 0.2
@@ -48,6 +48,10 @@ def resolve_dataset(name_or_dir: str | os.PathLike) -> Path:
     """
     text = str(name_or_dir)
     if text in BUILTIN_DATASETS and not Path(text).exists():
+        if text == "photos":
+            from mnasnet.data.photos import materialise_photos
+
+            return materialise_photos()
         return _materialise_digits()
     root = Path(text).expanduser()
     if not root.is_dir():
@@ -63,10 +67,8 @@ def _materialise_digits() -> Path:
     target = cache_dir() / "datasets" / _DIGITS_VERSION
     if (target / "val").is_dir():
         return target
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise DataError("the built-in dataset 'digits' needs scikit-learn: pip install 'mnasnet[train]'") from None
+    load_digits = require("sklearn.datasets").load_digits
+    writable_cache_dir("datasets")  # a clear error if the cache cannot be written, before any work
     from PIL import Image
 
     digits = load_digits()
@@ -80,21 +82,12 @@ def _materialise_digits() -> Path:
         n_val = int(round(len(members) * _DIGITS_VAL_FRACTION))
         split[members[:n_val]] = "val"
         split[members[n_val:]] = "train"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target) as temp:
         for index, (pixels, label) in enumerate(zip(images, digits.target, strict=True)):
             folder = temp / split[index] / str(label)
             folder.mkdir(parents=True, exist_ok=True)
             image = Image.fromarray(pixels, mode="L").resize((_DIGITS_SIZE, _DIGITS_SIZE), Image.BICUBIC)
             image.save(folder / f"{index:04d}.png")
-        try:
-            os.replace(temp, target)
-        except OSError:
-            if not (target / "val").is_dir():  # another process may have won the race
-                raise
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
     return target
 
 
@@ -216,6 +209,46 @@ def _ignore_sigint(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+class _WorkerFailure:
+    """A user error (a bad image) raised in a loader worker, carried to the main process in place of a batch."""
+
+    def __init__(self, error: MnasNetError) -> None:
+        self.error = error
+
+
+class _CatchUserErrors(Dataset):
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        try:
+            return self.dataset[item]
+        except MnasNetError as error:
+            return _WorkerFailure(error)
+
+
+class _CollateUnlessFailed:
+    def __init__(self, collate_fn) -> None:
+        self.collate_fn = collate_fn or default_collate
+
+    def __call__(self, items):
+        failed = next((item for item in items if isinstance(item, _WorkerFailure)), None)
+        return failed if failed is not None else self.collate_fn(items)
+
+
+class _Loader(DataLoader):
+    """Raises a worker's user error as itself, not as PyTorch's multi-line "Caught X in DataLoader worker"."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if isinstance(batch, _WorkerFailure):
+                raise batch.error
+            yield batch
+
+
 def make_loader(
     dataset: Dataset,
     sampler: Sampler,
@@ -224,14 +257,23 @@ def make_loader(
     workers: int,
     drop_last: bool = False,
     pin_memory: bool = False,
+    collate_fn=None,
 ) -> DataLoader:
-    """A DataLoader whose workers ignore Ctrl-C and draw no numbers from the global RNG."""
-    return DataLoader(
+    """A DataLoader whose workers ignore Ctrl-C and draw no numbers from the global RNG.
+
+    A :class:`~mnasnet.errors.MnasNetError` raised in a worker (e.g. a corrupt image)
+    reaches the caller as that same one-line error.
+    """
+    num_workers = min(workers, available_cpus())
+    if num_workers > 0:
+        dataset, collate_fn = _CatchUserErrors(dataset), _CollateUnlessFailed(collate_fn)
+    return _Loader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
+        collate_fn=collate_fn,
         # more decoding processes than cores only adds contention (and a warning from PyTorch)
-        num_workers=min(workers, os.cpu_count() or 1),
+        num_workers=num_workers,
         drop_last=drop_last,
         pin_memory=pin_memory,
         worker_init_fn=_ignore_sigint if workers > 0 else None,  # unused when num_workers is 0

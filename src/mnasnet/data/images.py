@@ -7,9 +7,11 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mnasnet import limits
 from mnasnet.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MAX_IMAGE_PIXELS = limits.MAX_IMAGE_PIXELS
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -23,11 +25,20 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise DataError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise DataError(f"image {path} is {width}x{height} pixels; the limit is {MAX_IMAGE_PIXELS:,} pixels")
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"image {path} is too large to decode in memory") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise DataError(f"cannot read image {path}: {error}") from None
+    except Exception as error:  # noqa: BLE001 (PIL's decoders raise many types on malformed files)
+        raise DataError(f"cannot read image {path}: {type(error).__name__}: {error}") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

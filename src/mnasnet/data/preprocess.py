@@ -22,6 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mnasnet import limits
+from mnasnet.errors import ConfigError
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -39,6 +42,12 @@ MODES = ("resize_crop", "crop_resize")
 INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 # The reference crops image_size / (image_size + CROP_PADDING) of the short side.
 REFERENCE_CROP_PADDING = 32
+MAX_SIDE = limits.MAX_PREPROCESS_SIDE
+MAX_RESIZED_PIXELS = limits.MAX_RESIZED_PIXELS
+
+
+def _is_int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,15 +77,29 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"unknown preprocessing mode {self.mode!r}; choose from {', '.join(MODES)}")
+            raise ConfigError(f"unknown preprocessing mode {self.mode!r}; choose from {', '.join(MODES)}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"unknown interpolation {self.interpolation!r}; choose from {', '.join(INTERPOLATIONS)}")
+            raise ConfigError(f"unknown interpolation {self.interpolation!r}; choose from {', '.join(INTERPOLATIONS)}")
         if self.mode == "crop_resize" and self.interpolation != "bilinear":
-            raise ValueError("the reference crop_resize preprocessing resizes bilinearly only")
-        if self.resolution < 1 or not 0 < self.crop_pct <= 1 or (self.resize is not None and self.resize < 1):
-            raise ValueError(
-                f"bad preprocessing sizes: resolution={self.resolution}, resize={self.resize}, crop_pct={self.crop_pct}"
+            raise ConfigError("the reference crop_resize preprocessing resizes bilinearly only")
+        sizes_ok = (
+            _is_int_in(self.resolution, 1, MAX_SIDE)
+            and (self.resize is None or _is_int_in(self.resize, 1, MAX_SIDE))
+            and isinstance(self.crop_pct, int | float)
+            and 0 < self.crop_pct <= 1
+            and self.scale_size <= MAX_SIDE
+        )
+        if not sizes_ok:
+            raise ConfigError(
+                f"bad preprocessing sizes: resolution={self.resolution}, resize={self.resize}, "
+                f"crop_pct={self.crop_pct} (sides up to {MAX_SIDE})"
             )
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+                raise ConfigError(f"preprocessing {name} must be 3 finite numbers, got {values!r}")
+        if min(self.std) <= 0:
+            raise ConfigError(f"preprocessing std must be positive, got {self.std!r}")
 
     @property
     def scale_size(self) -> int:
@@ -137,12 +160,33 @@ def _resize_crop_transform(image: Image.Image, preprocess: Preprocess) -> torch.
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = preprocess.scale_size, int(preprocess.scale_size * long / short)
     size = (new_short, new_long) if width <= height else (new_long, new_short)
-    if size != image.size:
-        image = image.resize(size, INTERPOLATIONS[preprocess.interpolation])
+    resample = INTERPOLATIONS[preprocess.interpolation]
+    if new_short * new_long > MAX_RESIZED_PIXELS:
+        image = _resize_center_only(image, size, preprocess.resolution, resample)
+    elif size != image.size:
+        image = image.resize(size, resample)
     pixels = _center_crop(np.asarray(image, dtype=np.uint8), preprocess.resolution)
     # Same ops, same order and dtype as torchvision's to_tensor/convert_image_dtype + normalize.
     tensor = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).to(torch.float32).div(255)
     return _normalize(tensor, preprocess)
+
+
+def _resize_center_only(image: Image.Image, size: tuple[int, int], crop: int, resample: int) -> Image.Image:
+    """The centre ``crop`` of ``image.resize(size)`` along the long axis, without resizing the rest.
+
+    PIL maps output pixel ``i`` of a ``box`` resize to ``box[0] + (i + 0.5) * scale``, the
+    same source position and filter width as in the full resize, so this is the same
+    arithmetic on fewer pixels.
+    """
+    width, height = image.size
+    new_width, new_height = size
+    if new_width > new_height:  # wide: keep the middle columns
+        left = int(round((new_width - crop) / 2.0))
+        scale = width / new_width
+        return image.resize((crop, new_height), resample, box=(left * scale, 0, (left + crop) * scale, height))
+    top = int(round((new_height - crop) / 2.0))
+    scale = height / new_height
+    return image.resize((new_width, crop), resample, box=(0, top * scale, width, (top + crop) * scale))
 
 
 def _center_crop(pixels: np.ndarray, size: int) -> np.ndarray:

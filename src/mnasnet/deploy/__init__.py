@@ -1,7 +1,7 @@
 """Deployment: ONNX and TFLite export, int8 quantisation, runtimes, benchmark and Ethos-U readiness.
 
-Importing this package registers the ``.onnx`` and ``.tflite`` runtimes with
-:func:`mnasnet.runtime.load_predictor`; the heavy libraries (onnxruntime, LiteRT,
+:func:`mnasnet.runtime.load_predictor` opens ``.onnx`` and ``.tflite`` files through
+:mod:`mnasnet.deploy.runtimes`; the heavy libraries (onnxruntime, LiteRT,
 litert-torch, Vela) are imported only when used.
 """
 
@@ -22,11 +22,7 @@ from mnasnet.deploy.export_onnx import export_onnx  # noqa: E402
 from mnasnet.deploy.export_tflite import export_tflite  # noqa: E402
 from mnasnet.deploy.metadata import ExportMetadata, read_metadata  # noqa: E402
 from mnasnet.deploy.quantize import DeployError  # noqa: E402
-from mnasnet.deploy.runtimes import LiteRTPredictor, OnnxPredictor, load_onnx, load_tflite  # noqa: E402
-from mnasnet.runtime import register_runtime  # noqa: E402
-
-register_runtime(".onnx", load_onnx)
-register_runtime(".tflite", load_tflite)
+from mnasnet.deploy.runtimes import LiteRTPredictor, OnnxPredictor  # noqa: E402
 
 __all__ = [
     "DeployError",

@@ -22,13 +22,15 @@ import torch
 
 from mnasnet.deploy.common import open_model
 from mnasnet.deploy.quantize import DeployError
+from mnasnet.extras import require
+from mnasnet.limits import check_batch_size
 from mnasnet.model import MnasNet
 from mnasnet.runtime import Predictor, TorchPredictor
 
 __all__ = ["RUNTIMES", "BenchmarkRow", "benchmark", "environment", "format_table", "time_predictor"]
 
 RUNTIMES = ("pytorch", "onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
-# Published top-1 of MnasNet-A1 by width at 224 (paper / reference README; REFERENCE.md section 4).
+# Published top-1 of MnasNet-A1 by width at 224 (the MnasNet paper and the tensorflow/tpu MnasNet README).
 PUBLISHED_A1_TOP1 = {0.35: 64.1, 0.5: 68.9, 0.75: 73.3, 1.0: 75.2, 1.4: 77.2}
 
 
@@ -153,6 +155,9 @@ def benchmark(
     unknown = [name for name in runtimes if name not in RUNTIMES]
     if unknown:
         raise DeployError(f"unknown runtime {unknown[0]!r}; choose from {', '.join(RUNTIMES)}")
+    batches = [check_batch_size(batch) for batch in batches]
+    if not batches:
+        raise DeployError("give at least one batch size")
     device, versions = device_name(), environment()
     rows = []
     suffix = Path(str(weights)).suffix.lower() if not isinstance(weights, MnasNet) else ""
@@ -231,8 +236,7 @@ def plot_latency_accuracy(
     Latency does not depend on the weight values, so each width is a freshly built
     model; accuracy is the published figure for that width.
     """
-    import matplotlib
-
+    matplotlib = require("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

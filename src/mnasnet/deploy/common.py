@@ -11,6 +11,7 @@ import torch
 import mnasnet
 from mnasnet.deploy.metadata import ExportMetadata
 from mnasnet.deploy.quantize import DeployError, load_calibration_images
+from mnasnet.limits import check_batch_size
 from mnasnet.model import MnasNet
 
 __all__ = ["open_model", "base_metadata", "calibration_set", "parse_batch"]
@@ -38,9 +39,7 @@ def parse_batch(batch: int | str | None, *, allow_dynamic: bool, fmt: str) -> in
         value = int(batch)
     except ValueError:
         raise DeployError(f"--batch must be a positive integer or 'dynamic', got {batch!r}") from None
-    if value < 1:
-        raise DeployError(f"--batch must be a positive integer or 'dynamic', got {batch!r}")
-    return value
+    return check_batch_size(value, "--batch")
 
 
 def calibration_set(
@@ -93,3 +92,20 @@ def check_writable(out: str | os.PathLike, suffix: str) -> Path:
     if out.is_dir():
         raise DeployError(f"output path {out} is a folder")
     return out
+
+
+# Optional packages each export needs, by (format, int8); checked before any work so that a
+# missing one is named at once (with its pip extra), not after a download or a calibration.
+EXPORT_PACKAGES = {
+    ("onnx", False): ("onnx", "onnxscript"),
+    ("onnx", True): ("onnx", "onnxscript", "onnxruntime"),
+    ("tflite", False): ("litert_torch", "ai_edge_litert"),
+    ("tflite", True): ("litert_torch", "ai_edge_litert", "torchao"),
+}
+
+
+def check_export_packages(fmt: str, int8: bool) -> None:
+    """Raises one MissingDependencyError naming every package the export needs and lacks."""
+    from mnasnet.extras import check_installed
+
+    check_installed(EXPORT_PACKAGES[fmt, int8], purpose=f"the {'int8 ' if int8 else ''}{fmt.upper()} export")

@@ -12,6 +12,7 @@ import torch
 from mnasnet.deploy.common import (
     base_metadata,
     calibration_set,
+    check_export_packages,
     check_writable,
     open_model,
     parse_batch,
@@ -20,6 +21,7 @@ from mnasnet.deploy.common import (
 )
 from mnasnet.deploy.graph import LAYOUTS, ExportableMnasNet
 from mnasnet.deploy.metadata import set_onnx_metadata
+from mnasnet.deploy.qat import convert_qat, read_qat_state
 from mnasnet.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, DeployError, quantize_onnx
 from mnasnet.fileio import atomic_path
 from mnasnet.model import MnasNet
@@ -72,11 +74,13 @@ def export_onnx(
         DataError: calibration images missing or unreadable.
     """
     out = check_writable(out, ".onnx")
+    check_export_packages("onnx", int8)
     if layout not in LAYOUTS:
         raise DeployError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     batch_size = parse_batch(batch, allow_dynamic=True, fmt="ONNX")
     model = open_model(weights)
-    images = calibration_set(model, calibration, limit=calibration_limit, int8=int8)
+    qat = read_qat_state(weights) if int8 else None  # a QAT checkpoint brings its trained ranges: no calibration
+    images = None if qat is not None else calibration_set(model, calibration, limit=calibration_limit, int8=int8)
     module = ExportableMnasNet(model, layout=layout)
     sample = sample_input(model, batch_size or 2, layout)  # batch 2 so the exporter cannot specialise on 1
     metadata = base_metadata(model, layout=layout, precision="int8" if int8 else "float32", batch=batch_size)
@@ -84,8 +88,22 @@ def export_onnx(
 
     with tempfile.TemporaryDirectory(prefix="mnasnet-onnx-") as workdir:
         float_path = Path(workdir) / "float.onnx"
-        _export_float(module, sample, float_path, dynamic_batch=batch_size is None)
-        if int8:
+        if qat is not None:
+            # the QAT graph converted with its trained ranges (int8 weights), exported as the same QDQ form
+            converted, _ = convert_qat(
+                module, sample, qat, per_channel=per_channel, dynamic_batch=batch_size is None, fold_quantize=True
+            )
+            _export_float(converted, sample, float_path, dynamic_batch=batch_size is None)
+            metadata.quantization = {
+                "tool": "PT2E quantisation-aware training (torchao), torch.onnx",
+                "format": "QDQ",
+                "weights": "int8 per-channel symmetric" if per_channel else "int8 per-tensor symmetric",
+                "activations": "int8 per-tensor affine (QAT ranges)",
+                "calibration_images": 0,
+            }
+        else:
+            _export_float(module, sample, float_path, dynamic_batch=batch_size is None)
+        if int8 and qat is None:
             int8_path = Path(workdir) / "int8.onnx"
             quantize_onnx(float_path, int8_path, to_layout(images, layout), per_channel=per_channel, batch=batch_size)
             metadata.quantization = {

@@ -20,6 +20,7 @@ import numpy as np
 from mnasnet.deploy.common import (
     base_metadata,
     calibration_set,
+    check_export_packages,
     check_writable,
     open_model,
     parse_batch,
@@ -28,7 +29,9 @@ from mnasnet.deploy.common import (
 )
 from mnasnet.deploy.graph import LAYOUTS, POOLINGS, ExportableMnasNet
 from mnasnet.deploy.metadata import write_tflite_metadata
+from mnasnet.deploy.qat import convert_qat, read_qat_state
 from mnasnet.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, DeployError, quantize_pt2e
+from mnasnet.extras import require
 from mnasnet.fileio import atomic_path
 from mnasnet.model import MnasNet
 
@@ -40,7 +43,7 @@ _INT8, _FLOAT32 = 9, 0
 
 def tflite_io_details(path: str | os.PathLike) -> dict[str, dict]:
     """``{"input": {...}, "output": {...}}``: dtype name, shape, scale and zero point of a file's tensors."""
-    from ai_edge_litert import schema_py_generated as schema
+    schema = require("ai_edge_litert.schema_py_generated")
 
     data = bytearray(Path(path).read_bytes())
     model = schema.Model.GetRootAs(data, 0)
@@ -73,7 +76,7 @@ def _force_int8_io(path: Path) -> None:
     details = tflite_io_details(path)
     if details["input"]["dtype"] == "int8" and details["output"]["dtype"] == "int8":
         return
-    from ai_edge_litert._pywrap_modify_model_interface import modify_model_interface
+    modify_model_interface = require("ai_edge_litert._pywrap_modify_model_interface").modify_model_interface
 
     fixed = path.with_name(path.stem + ".io.tflite")
     if modify_model_interface(str(path), str(fixed), _INT8, _INT8) != 0:
@@ -111,13 +114,15 @@ def export_tflite(
         DataError: calibration images missing or unreadable.
     """
     out = check_writable(out, ".tflite")
+    check_export_packages("tflite", int8)
+    import litert_torch
+
     if layout not in LAYOUTS:
         raise DeployError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     batch_size = parse_batch(batch, allow_dynamic=False, fmt="TFLite (static shapes keep XNNPACK and NPUs happy)")
     model = open_model(weights)
-    images = calibration_set(model, calibration, limit=calibration_limit, int8=int8)
-    import litert_torch
-
+    qat = read_qat_state(weights) if int8 else None  # a QAT checkpoint brings its trained ranges: no calibration
+    images = None if qat is not None else calibration_set(model, calibration, limit=calibration_limit, int8=int8)
     if pooling not in POOLINGS:
         raise DeployError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     module = ExportableMnasNet(model, layout=layout, pooling=pooling)
@@ -135,7 +140,11 @@ def export_tflite(
             if int8:
                 from litert_torch.quantize.quant_config import QuantConfig
 
-                converted, quantizer = quantize_pt2e(module, sample, to_layout(images, layout), per_channel=per_channel)
+                if qat is not None:
+                    converted, quantizer = convert_qat(module, sample, qat, per_channel=per_channel)
+                else:
+                    images = to_layout(images, layout)
+                    converted, quantizer = quantize_pt2e(module, sample, images, per_channel=per_channel)
                 edge = litert_torch.convert(converted, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
             else:
                 edge = litert_torch.convert(module, (sample,))
@@ -148,8 +157,8 @@ def export_tflite(
             metadata.quantization = {
                 "tool": "litert-torch PT2E",
                 "weights": "int8 per-channel symmetric" if per_channel else "int8 per-tensor symmetric",
-                "activations": "int8 per-tensor (histogram observer)",
-                "calibration_images": int(len(images)),
+                "activations": f"int8 per-tensor ({'QAT ranges' if qat else 'histogram observer'})",
+                "calibration_images": 0 if qat else int(len(images)),
             }
         with atomic_path(out) as temp:
             write_tflite_metadata(raw, temp, metadata)

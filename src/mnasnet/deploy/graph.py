@@ -6,7 +6,7 @@ pools, sigmoid, multiply, add and one ``Linear``: the same arithmetic as
 
 Why a rewrite instead of exporting the model as it is:
 
-* BN is folded into the convolutions here, once, in float64. The converters
+* BN is folded into the convolutions here (:func:`mnasnet.fuse.fuse_model`), once, in float64. The converters
   fold it too, but PT2E's conv+BN fusion and ONNX Runtime's optimiser each do it
   their own way; folding first gives every format the same weights and the
   quantisers a plain conv(+ReLU) pattern to annotate.
@@ -32,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnasnet.layers import Conv2dSame, ConvBNAct, fold_batch_norm, same_padding
+from mnasnet.errors import ConfigError
+from mnasnet.fuse import fuse_model
+from mnasnet.layers import Conv2dSame, ConvBNAct, pad_same
 from mnasnet.model import MnasNet
 
 __all__ = ["LAYOUTS", "POOLINGS", "ExportableMnasNet"]
@@ -41,12 +43,11 @@ LAYOUTS = ("nchw", "nhwc")
 
 
 class _FoldedConv(nn.Module):
-    """A ConvBNAct with its BN folded in; keeps TF "same" padding as an explicit pad."""
+    """A fused ConvBNAct (see :mod:`mnasnet.fuse`); keeps TF "same" padding as an explicit pad."""
 
     def __init__(self, source: ConvBNAct) -> None:
         super().__init__()
         conv = source.conv
-        weight, bias = fold_batch_norm(conv.weight, source.bn)
         self.same = isinstance(conv, Conv2dSame)
         self.conv = nn.Conv2d(
             conv.in_channels,
@@ -57,18 +58,12 @@ class _FoldedConv(nn.Module):
             groups=conv.groups,
             bias=True,
         )
-        with torch.no_grad():
-            self.conv.weight.copy_(weight)
-            self.conv.bias.copy_(bias)
+        self.conv.load_state_dict(conv.state_dict())
         self.act = source.has_act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.same:
-            kernel, stride = self.conv.kernel_size, self.conv.stride
-            top, bottom = same_padding(x.shape[-2], kernel[0], stride[0])
-            left, right = same_padding(x.shape[-1], kernel[1], stride[1])
-            if top or bottom or left or right:
-                x = F.pad(x, (left, right, top, bottom))
+            x = pad_same(x, list(self.conv.kernel_size), list(self.conv.stride))
         x = self.conv(x)
         return F.relu(x) if self.act else x
 
@@ -127,10 +122,11 @@ class ExportableMnasNet(nn.Module):
     def __init__(self, model: MnasNet, *, layout: str = "nchw", pooling: str = "mean") -> None:
         super().__init__()
         if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+            raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.layout, self.pooling = layout, pooling
+        model = fuse_model(model, channels_last=False)  # BN folded once, in float64, as for CPU inference
         self.stem = _FoldedConv(model.stem)
         self.blocks = nn.Sequential(*(_Block(block, pooling) for stage in model.stages for block in stage))
         self.head = _FoldedConv(model.head)

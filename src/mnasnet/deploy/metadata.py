@@ -21,6 +21,7 @@ import numpy as np
 
 from mnasnet.data.preprocess import Preprocess
 from mnasnet.errors import CheckpointError
+from mnasnet.extras import require
 
 __all__ = ["METADATA_KEY", "ExportMetadata", "read_metadata", "read_onnx_metadata", "read_tflite_metadata"]
 
@@ -83,7 +84,7 @@ class ExportMetadata:
 
 def read_onnx_metadata(path: str | os.PathLike) -> ExportMetadata | None:
     """The metadata of an ONNX file, or ``None`` when it was not exported by mnasnet."""
-    import onnx
+    onnx = require("onnx")
 
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -106,7 +107,7 @@ def set_onnx_metadata(model, metadata: ExportMetadata) -> None:
 
 def read_tflite_metadata(path: str | os.PathLike) -> ExportMetadata | None:
     """The metadata of a TFLite file, or ``None`` when it was not exported by mnasnet."""
-    from ai_edge_litert import schema_py_generated as schema
+    schema = require("ai_edge_litert.schema_py_generated")
 
     data = _read_tflite_bytes(path)
     try:
@@ -134,8 +135,8 @@ def _read_tflite_bytes(path: str | os.PathLike) -> bytearray:
 
 def write_tflite_metadata(source: str | os.PathLike, target: str | os.PathLike, metadata: ExportMetadata) -> None:
     """Copies the TFLite file ``source`` to ``target`` with ``metadata`` added."""
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
+    schema = require("ai_edge_litert.schema_py_generated")
+    flatbuffer_utils = require("ai_edge_litert.tools.flatbuffer_utils")
 
     model = flatbuffer_utils.read_model(str(source))
     model.metadata = [

@@ -22,6 +22,7 @@ from typing import Any
 
 from mnasnet.deploy.quantize import DeployError
 from mnasnet.errors import CheckpointError
+from mnasnet.extras import require
 
 __all__ = ["ACCELERATORS", "NpuReport", "operator_counts", "vela_report"]
 
@@ -80,7 +81,7 @@ class NpuReport:
 
 def operator_counts(path: str | os.PathLike) -> dict[str, int]:
     """Operator types of a TFLite file and how often each occurs."""
-    from ai_edge_litert import schema_py_generated as schema
+    schema = require("ai_edge_litert.schema_py_generated")
 
     from mnasnet.deploy.metadata import _read_tflite_bytes
 
@@ -127,10 +128,7 @@ def vela_report(
     operators = operator_counts(path)
     if accelerator not in ACCELERATORS and not accelerator.startswith("ethos-u"):
         raise DeployError(f"unknown accelerator {accelerator!r}; try one of {', '.join(ACCELERATORS)}")
-    try:
-        import ethosu.vela  # noqa: F401
-    except ImportError:
-        raise DeployError("the NPU report needs Vela: pip install 'mnasnet[deploy]' (ethos-u-vela)") from None
+    require("ethosu.vela")
     workdir = Path(tempfile.mkdtemp(prefix="mnasnet-vela-"))
     try:
         command = [

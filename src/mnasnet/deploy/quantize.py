@@ -18,6 +18,7 @@ import torch
 from mnasnet.data.images import find_images, load_image
 from mnasnet.data.preprocess import Preprocess, build_eval_transform
 from mnasnet.errors import DataError, MnasNetError
+from mnasnet.extras import require
 
 __all__ = [
     "DEFAULT_CALIBRATION_IMAGES",
@@ -113,6 +114,8 @@ def quantize_pt2e(module: torch.nn.Module, sample: torch.Tensor, calibration: np
     Returns the converted graph module and the quantiser, as ``litert_torch.convert`` wants them.
     ``calibration`` must already be in the module's input layout.
     """
+    require("litert_torch")
+    require("torchao")
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -166,7 +169,8 @@ def quantize_onnx(
     The QDQ form keeps float input and output; ONNX Runtime fuses each
     DequantizeLinear-op-QuantizeLinear group into an int8 kernel.
     """
-    import onnx
+    onnx = require("onnx")
+    require("onnxruntime")
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,

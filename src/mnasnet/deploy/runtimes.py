@@ -16,7 +16,9 @@ import numpy as np
 from mnasnet.data.preprocess import Preprocess
 from mnasnet.deploy.metadata import ExportMetadata, read_onnx_metadata, read_tflite_metadata
 from mnasnet.errors import CheckpointError
+from mnasnet.extras import require
 from mnasnet.runtime import Predictor
+from mnasnet.threads import thread_count
 
 __all__ = ["LiteRTPredictor", "OnnxPredictor", "load_onnx", "load_tflite"]
 
@@ -40,14 +42,12 @@ class OnnxPredictor(Predictor):
     """An exported ``.onnx`` file run by ONNX Runtime on the CPU."""
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
+        ort = require("onnxruntime")
         self.path = Path(path)
         self.metadata = read_onnx_metadata(self.path)
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        options.intra_op_num_threads = threads or thread_count()
+        options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
@@ -74,12 +74,11 @@ class LiteRTPredictor(Predictor):
     """An exported ``.tflite`` file run by the LiteRT interpreter (XNNPACK on the CPU)."""
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
+        Interpreter = require("ai_edge_litert.interpreter").Interpreter
         self.path = Path(path)
         self.metadata = read_tflite_metadata(self.path)
         try:
-            self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads or os.cpu_count())
+            self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads or thread_count())
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
             raise CheckpointError(f"{self.path} cannot be loaded by LiteRT ({str(error).splitlines()[0]})") from None

@@ -7,6 +7,7 @@ overrides (command-line flags). The resolved configuration is saved with the run
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -15,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from mnasnet.errors import MnasNetError
+from mnasnet.engine.config import EngineConfig, at_least, check_settings, fraction, positive
+from mnasnet.errors import ConfigError, MnasNetError
 from mnasnet.fileio import atomic_write_text
 
 __all__ = ["DIGITS_SETTINGS", "PRESETS", "TrainConfig", "load_config", "save_config"]
@@ -50,6 +52,7 @@ class TrainConfig:
     width: float | None = None
     resolution: int = 224
     weights: str | None = None  # a registry name or checkpoint to start from (required by finetune)
+    blocks_file: str | None = None  # a searched architecture (mnasnet.search.blocks_file) instead of arch
     recipe: str = "paper"
     output: str = "runs/mnasnet"
     # length and batch
@@ -98,40 +101,71 @@ class TrainConfig:
     log_every: int = 10  # steps between progress/TensorBoard updates and NaN checks
     tensorboard: bool = True
     plot: bool = True
+    # quantisation-aware training (mnasnet.tasks.qat): fine-tune --weights with the exporter's int8 fake quantisation
+    qat: bool = False
+    per_tensor: bool = False  # QAT for per-tensor weight scales (export with --per-tensor); default per channel
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["crop_aspect_ratio"] = list(self.crop_aspect_ratio)
         return data
 
+    def architecture(self) -> tuple[str | list[str], dict[str, Any]]:
+        """What ``create_model`` builds: ``arch``, or the blocks file's block strings and stem."""
+        if self.blocks_file is None:
+            return self.arch, {}
+        from mnasnet.search.blocks_file import read_blocks_file
+
+        candidate = read_blocks_file(self.blocks_file)
+        return list(candidate.blocks), {"stem_filters": candidate.stem}
+
+    def engine_config(self) -> EngineConfig:
+        """The settings the training engine reads (the rest describe the model, data and loss)."""
+        return EngineConfig(**{field.name: getattr(self, field.name) for field in dataclasses.fields(EngineConfig)})
+
     def validate(self) -> TrainConfig:
-        checks = [
-            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
-            (self.accum_steps >= 1, f"accum_steps must be at least 1, got {self.accum_steps}"),
-            (self.resolution >= 8, f"resolution must be at least 8, got {self.resolution}"),
-            (self.optimizer in ("rmsprop_tf", "sgd"), f"optimizer must be rmsprop_tf or sgd, got {self.optimizer!r}"),
-            (
-                self.schedule in ("exponential", "cosine", "constant"),
-                f"schedule must be exponential, cosine or constant, got {self.schedule!r}",
-            ),
-            (self.amp in ("none", "bf16", "fp16"), f"amp must be none, bf16 or fp16, got {self.amp!r}"),
-            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
-            (0.0 < self.crop_min_area <= 1.0, f"crop_min_area must be in (0, 1], got {self.crop_min_area}"),
-            (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
-            (0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
-            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be at least 1, got {self.max_steps}"),
-            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        """Raises ConfigError (a ValueError) naming the first setting that makes no sense (NaN, out of range)."""
+        check_settings(self, _TASK_RULES, optional=("width", "dropout", "bn_momentum"))
+        low, high = self.crop_aspect_ratio
+        if not 0 < low <= high or not math.isfinite(high):
+            raise ConfigError(f"crop_aspect_ratio must be MIN,MAX with 0 < MIN <= MAX, got {self.crop_aspect_ratio}")
+        self.engine_config().validate()
+        self._validate_qat()
+        if self.blocks_file is not None:
+            if self.width is not None or self.weights:
+                raise ConfigError("a blocks file fixes the architecture and its widths: drop --width and --weights")
+            self.architecture()  # a missing or malformed file fails here, before any work
         return self
+
+    def _validate_qat(self) -> None:
+        if not self.qat:
+            if self.per_tensor:
+                raise ConfigError("per_tensor only applies to quantisation-aware training: add --qat")
+            return
+        if not self.weights:
+            raise ConfigError("--qat fine-tunes a trained float model: pass --weights FP32_CHECKPOINT")
+        if self.amp != "none" or self.compile or self.zero_init_head:
+            raise ConfigError("--qat trains in float32 with fake quantisation: drop --amp, --compile, --zero-init-head")
+
+
+_TASK_RULES = {
+    "data": (lambda v: isinstance(v, str) and v.strip() != "", "a dataset folder or built-in name"),
+    "arch": (lambda v: isinstance(v, str) and v.strip() != "", "an architecture name"),
+    "width": positive(),
+    "resolution": at_least(8),
+    "label_smoothing": fraction(),
+    "dropout": fraction(),
+    "drop_path_rate": fraction(),
+    "bn_momentum": fraction(closed_top=True, open_bottom=True),
+    "crop_min_area": fraction(closed_top=True, open_bottom=True),
+    "crop_min_object_covered": fraction(closed_top=True),
+    "crop_attempts": at_least(1),
+}
 
 
 # Presets only list what differs from the dataclass defaults (which are the paper's recipe).
 PRESETS: dict[str, dict[str, Any]] = {
-    # REFERENCE.md section 5: RMSProp(0.9, 0.9, 1e-3), 0.016 per 256 images, 5 warmup epochs,
+    # Google's reference recipe (mnasnet_main.py): RMSProp(0.9, 0.9, 1e-3), 0.016 per 256 images, 5 warmup epochs,
     # x0.97 every 2.4 epochs, 350 epochs, L2 1e-5, smoothing 0.1, EMA 0.9999, dropout 0.2.
     "paper": {},
     # Transfer learning: pretrained backbone, new head, short cosine schedule, gentler
@@ -164,7 +198,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     if value is None:
         if optional:
             return None
-        raise ValueError(f"{name} cannot be empty")
+        raise ConfigError(f"{name} cannot be empty")
     if optional:
         annotation = next(arg for arg in args if arg is not type(None))
     try:
@@ -183,7 +217,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             raise ValueError
         return annotation(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: {value!r} is not a valid {getattr(annotation, '__name__', annotation)}") from None
+        raise ConfigError(f"{name}: {value!r} is not a valid {getattr(annotation, '__name__', annotation)}") from None
 
 
 def load_config(
@@ -212,9 +246,11 @@ def load_config(
             raise MnasNetError(f"{path} must hold a mapping of settings")
         from_file.pop("resolved", None)  # derived values a saved run config carries
     overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
-    recipe = overrides.get("recipe") or from_file.get("recipe") or recipe or "paper"
+    # QAT fine-tunes a trained model: the finetune recipe (schedule, EMA) unless another is named
+    qat_default = "finetune" if overrides.get("qat", from_file.get("qat")) is True else "paper"
+    recipe = overrides.get("recipe") or from_file.get("recipe") or recipe or qat_default
     if recipe not in PRESETS:
-        raise ValueError(f"unknown recipe {recipe!r}; choose from {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown recipe {recipe!r}; choose from {', '.join(PRESETS)}")
     types_by_name = _field_types()
     values: dict[str, Any] = {}
     data = overrides.get("data") or from_file.get("data") or PRESETS[recipe].get("data", TrainConfig.data)
@@ -229,6 +265,11 @@ def load_config(
         for name, value in source.items():
             values[name] = _coerce(name, value, types_by_name[name])
     values["recipe"] = recipe
+    blocks_file = values.get("blocks_file")
+    if blocks_file is not None and "resolution" not in from_file and "resolution" not in overrides:
+        from mnasnet.search.blocks_file import read_blocks_file
+
+        values["resolution"] = read_blocks_file(blocks_file).resolution  # the searched resolution
     return TrainConfig(**values).validate()
 
 

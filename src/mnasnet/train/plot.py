@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mnasnet.engine.metrics import read_metrics
 from mnasnet.errors import MnasNetError
+from mnasnet.extras import require
 from mnasnet.fileio import atomic_path
-from mnasnet.train.metrics import read_metrics
 
 __all__ = ["plot_run"]
 
@@ -22,7 +23,7 @@ def plot_run(run_dir: str | os.PathLike, output: str | os.PathLike | None = None
     rows = read_metrics(run_dir)
     if not rows:
         raise MnasNetError(f"no metrics to plot in {run_dir} (expected {run_dir / 'metrics.jsonl'})")
-    import matplotlib
+    matplotlib = require("matplotlib")
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt

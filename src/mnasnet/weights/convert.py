@@ -25,7 +25,7 @@ __all__ = ["SOURCES", "convert_file", "convert_state_dict", "load_source_state_d
 
 SOURCES = ("torchvision", "timm", "tf")
 
-# What each source evaluated its ImageNet weights with (REFERENCE.md section 6).
+# What each source evaluated its ImageNet weights with.
 DEFAULT_PREPROCESS = {
     "torchvision": Preprocess(resolution=224, resize=256, interpolation="bilinear"),
     "timm": Preprocess(resolution=224, resize=256, crop_pct=0.875, interpolation="bicubic"),
@@ -77,7 +77,7 @@ _TORCHVISION_FIXED = {"0": "stem.conv", "1": "stem.bn", "14": "head.conv", "15":
 
 
 def _torchvision_key(key: str) -> str | None:
-    """torchvision's ``layers.N...`` Sequential layout (REFERENCE.md section 6)."""
+    """torchvision's ``layers.N...`` Sequential layout."""
     if key.startswith("classifier.1."):
         return "classifier." + key.removeprefix("classifier.1.")
     match = re.fullmatch(r"layers\.(\d+)\.(\w+)", key)
@@ -326,10 +326,10 @@ def convert_file(
 ) -> MnasNet:
     """Reads a torchvision, timm or Google TF checkpoint file and returns our model holding it."""
     if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; choose from {', '.join(SOURCES)}")
+        raise CheckpointError(f"unknown source {source!r}; choose from {', '.join(SOURCES)}")
     if source == "tf":
         if arch is None:
-            raise ValueError("--arch is needed for TF checkpoints (a1, b1, small, d1 or d1_320)")
+            raise CheckpointError("--arch is needed for TF checkpoints (a1, b1, small, d1 or d1_320)")
         from mnasnet.weights.convert_tf import convert_tf_checkpoint
 
         model = convert_tf_checkpoint(path, arch=arch, width_multiplier=width_multiplier)

@@ -22,11 +22,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mnasnet.errors import CheckpointError, MnasNetError
-from mnasnet.fileio import atomic_path, cache_dir
-from mnasnet.model import MnasNet
-from mnasnet.weights.registry import Weights, get_weights, list_weights
+from mnasnet.fileio import atomic_path, cache_dir, writable_cache_dir
+from mnasnet.weights.registry import Weights
 
-__all__ = ["DownloadError", "HashMismatchError", "cache_dir", "download_file", "fetch_weights_file", "load_weights"]
+__all__ = [
+    "DownloadError",
+    "HashMismatchError",
+    "cache_dir",
+    "convert_to_cache",
+    "converted_path",
+    "download_file",
+    "fetch_weights_file",
+]
 
 _CHUNK = 1 << 16
 
@@ -95,16 +102,14 @@ def download_file(
     return actual
 
 
-def _verify_file(path: Path, sha256: str | None) -> str:
+def verify_file(path: Path, sha256: str | None) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     actual = digest.hexdigest()
     if sha256 is not None and not actual.startswith(sha256.lower()):
-        raise HashMismatchError(
-            f"{path} has sha256 {actual}, but its publisher gives {sha256}; delete it and try again"
-        )
+        raise HashMismatchError(f"{path} has sha256 {actual}, but its publisher gives {sha256}")
     return actual
 
 
@@ -112,7 +117,13 @@ def fetch_weights_file(weights: Weights, *, progress: bool = True) -> tuple[Path
     """The publisher's file for ``weights`` in the cache, downloaded if missing; returns (path, sha256)."""
     path = cache_dir() / "downloads" / weights.file_name
     if path.is_file():  # downloaded earlier, or put there by hand
-        return path, _verify_file(path, weights.sha256)
+        try:
+            return path, verify_file(path, weights.sha256)
+        except HashMismatchError as error:
+            # never use it: a truncated or foreign file; fetch the published one instead
+            print(f"warning: {error}; removing it and downloading again", file=sys.stderr)
+            path.unlink()
+    writable_cache_dir("downloads")  # an unwritable cache is named as such, not as a failed download
     failures = []
     for url in weights.urls:
         try:
@@ -127,11 +138,13 @@ def fetch_weights_file(weights: Weights, *, progress: bool = True) -> tuple[Path
     )
 
 
-def _converted_path(weights: Weights) -> Path:
+def converted_path(weights: Weights) -> Path:
+    """Where the cache keeps ``weights`` converted to our checkpoint format."""
     return cache_dir() / "converted" / f"{weights.name}.safetensors"
 
 
-def _convert(weights: Weights, source_path: Path, source_sha256: str) -> Path:
+def convert_to_cache(weights: Weights, source_path: Path, source_sha256: str) -> Path:
+    """Converts the publisher's file into our checkpoint format in the cache; returns its path."""
     from mnasnet.checkpoint import save_checkpoint
     from mnasnet.data.labels import imagenet_labels
     from mnasnet.weights.convert import convert_file
@@ -152,48 +165,5 @@ def _convert(weights: Weights, source_path: Path, source_sha256: str) -> Path:
         "source_sha256": source_sha256,
         "license": weights.license,
     }
-    return save_checkpoint(model, _converted_path(weights), preprocess=weights.preprocess, labels=labels, extra=extra)
-
-
-def _weights_for_file(path: Path) -> Weights | None:
-    return next((weights for weights in list_weights() if weights.file_name == path.name), None)
-
-
-def load_weights(name_or_path: str | os.PathLike, *, progress: bool = True) -> MnasNet:
-    """A model with published or saved weights, in eval mode, carrying its preprocessing and labels.
-
-    Args:
-        name_or_path: a registry name (``mnasnet weights`` lists them; the publisher's
-            name works too), the path of one of our checkpoints, or the path of a
-            publisher's file as the registry names it (it is checked and converted).
-        progress: show download progress on stderr.
-
-    Raises:
-        ValueError: unknown name.
-        DownloadError: the file cannot be fetched or fails its hash check.
-        CheckpointError: a local file is not a usable checkpoint.
-    """
-    from mnasnet.checkpoint import load_model
-
-    path = Path(name_or_path)
-    if path.is_dir():
-        raise CheckpointError(
-            f"{path} is a folder; convert a TF checkpoint folder first with "
-            f"`mnasnet convert {path} OUT.safetensors --from tf --arch ARCH`"
-        )
-    if path.exists():
-        weights = _weights_for_file(path)
-        if weights is not None and path.suffix != ".safetensors":
-            return load_model(_convert(weights, path, _verify_file(path, weights.sha256)))
-        return load_model(path)
-    if path.suffix in (".safetensors", ".pth", ".pt", ".tgz", ".gz") or os.sep in str(name_or_path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    weights = get_weights(str(name_or_path))
-    converted = _converted_path(weights)
-    if converted.is_file():
-        try:
-            return load_model(converted)
-        except CheckpointError:
-            converted.unlink()  # written by an incompatible version; convert again
-    source_path, source_sha256 = fetch_weights_file(weights, progress=progress)
-    return load_model(_convert(weights, source_path, source_sha256))
+    writable_cache_dir("converted")
+    return save_checkpoint(model, converted_path(weights), preprocess=weights.preprocess, labels=labels, extra=extra)

@@ -7,7 +7,7 @@ is timm's ``semnasnet_100.rmsp_in1k``, ``a1_100.google_in1k`` is Google's
 
 URLs, file hashes, preprocessing, accuracy and parameter counts come from the
 publishers: torchvision's ``MNASNet*_Weights`` enums, timm's ``default_cfgs`` and
-results tables, and the tensorflow/tpu MnasNet README (REFERENCE.md section 6).
+results tables, and the tensorflow/tpu MnasNet README.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 from mnasnet.data.preprocess import Preprocess
+from mnasnet.errors import MnasNetError
 
 __all__ = ["Weights", "get_weights", "list_weights", "register_weights"]
 
@@ -110,6 +111,10 @@ def list_weights() -> list[Weights]:
     return list(_REGISTRY.values())
 
 
+class UnknownWeightsError(MnasNetError, ValueError):
+    """No registry entry has the name given (and no file has that path)."""
+
+
 def get_weights(name: str) -> Weights:
     """Looks up an entry by our name or the publisher's.
 
@@ -120,7 +125,9 @@ def get_weights(name: str) -> Weights:
         return _REGISTRY[_ALIASES[name]]
     close = difflib.get_close_matches(name, list(_ALIASES), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown weights {name!r}{hint} (`mnasnet weights` lists them; a checkpoint path works too)")
+    raise UnknownWeightsError(
+        f"unknown weights {name!r}{hint} (`mnasnet weights` lists them; a checkpoint path works too)"
+    )
 
 
 # -- the published checkpoints ------------------------------------------------------------
@@ -309,7 +316,7 @@ for _entry in (
         mirrors=(_GOOGLE_LEGACY_BUCKET + "mnasnet-b1.tar.gz",),
         notes=(
             "URL follows the bucket's naming for mnasnet-a1; not confirmed by a published link. "
-            "Top-1 as reported for B1 (REFERENCE.md section 6); no top-5 published"
+            "Top-1 as reported for B1 in the tensorflow/tpu MnasNet README; no top-5 published"
         ),
     ),
 ):

@@ -6,22 +6,13 @@ import csv
 import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mnasnet.fileio import atomic_write_text
 
-__all__ = ["MetricsWriter", "read_metrics", "topk_correct"]
-
-
-def topk_correct(logits: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
-    """Per sample: is the target among the ``k`` highest logits? (ties broken by lower index)."""
-    k = min(k, logits.shape[1])
-    # stable sort on -logits keeps the lower index first among equal logits, like torch.topk on CPU
-    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-    return (top == targets[:, None]).any(axis=1)
+__all__ = ["MetricsWriter", "read_metrics"]
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -48,7 +39,12 @@ class MetricsWriter:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is an optional extra
+            except ImportError:  # tensorboard is an optional extra: say so once, keep training
+                print(
+                    "warning: tensorboard is not installed, no TensorBoard logs "
+                    "(pip install 'mnasnet[train]'; metrics.jsonl and metrics.csv are still written)",
+                    file=sys.stderr,
+                )
                 SummaryWriter = None
             if SummaryWriter is not None:
                 self.tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))

@@ -1,7 +1,9 @@
 """The resumable training checkpoint: model, EMA, optimiser, scaler, position, RNG states, config.
 
 Written atomically to ``RUN_DIR/checkpoint.pt`` (never half-written: a kill during
-the write leaves the previous one) and read back with ``weights_only=True``.
+the write leaves the previous one) and read back with ``weights_only=True``. It also
+holds the task's *signature* (what the weights must match, e.g. architecture and
+class count), so that resuming with a different model fails with the differing keys.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ import torch
 from mnasnet.errors import CheckpointError
 from mnasnet.fileio import atomic_path
 
-__all__ = ["CHECKPOINT_NAME", "capture_rng", "load_training_state", "restore_rng", "save_training_state"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "capture_rng",
+    "check_signature",
+    "load_training_state",
+    "restore_rng",
+    "save_training_state",
+]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -66,3 +75,20 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (pickle raises many kinds)
         raise CheckpointError(f"cannot read training checkpoint {path}: {error}") from None
+
+
+def check_signature(path: str | os.PathLike, saved: dict[str, Any] | None, requested: dict[str, Any]) -> None:
+    """Refuses to resume when the run asks for another model than the checkpoint holds.
+
+    Raises:
+        CheckpointError: naming each key whose saved and requested values differ.
+    """
+    if saved is None:  # a checkpoint from before signatures: the weights load or fail on their own
+        return
+    differing = [key for key in sorted(set(saved) | set(requested)) if saved.get(key) != requested.get(key)]
+    if differing:
+        details = ", ".join(f"{key} {saved.get(key)!r} -> {requested.get(key)!r}" for key in differing)
+        raise CheckpointError(
+            f"cannot resume {path}: the checkpoint was trained with another set-up ({details}); "
+            "resume with the run's own settings or start a new --output"
+        )

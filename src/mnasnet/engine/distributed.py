@@ -14,6 +14,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from mnasnet.errors import ConfigError
+
 __all__ = ["DistributedContext", "setup_distributed"]
 
 
@@ -66,7 +68,7 @@ class DistributedContext:
 def _pick_device(requested: str, local_rank: int) -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise ValueError("device cuda requested but no CUDA GPU is available")
+            raise ConfigError("--device cuda was requested but no CUDA GPU is available; use --device cpu or auto")
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
 

@@ -1,0 +1,144 @@
+"""``mnasnet search``: a thin wrapper over :func:`mnasnet.search.driver.run_search`. Imports nothing heavy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mnasnet.cli.options import positive_int
+from mnasnet.errors import ConfigError
+
+# flag destination -> SearchSettings field (the proxy's own settings are nested under "proxy")
+_SETTINGS = ("data", "space", "resolution", "target", "latency_ms", "reward", "trials", "controller", "seed",
+             "parallel", "cpus_per_trial", "gpus_per_trial", "max_retries", "latency_cache")  # fmt: skip
+_PROXY = ("epochs", "batch_size", "lr", "device")
+
+
+def _resource(text: str) -> tuple[str, float]:
+    name, _, amount = text.partition("=")
+    try:
+        value = float(amount or 1)
+    except ValueError:
+        value = -1.0
+    if not name or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME=AMOUNT (a positive number), got {text!r}")
+    return name, value
+
+
+def _widths(text: str) -> list[float]:
+    if text.strip().lower() == "none":
+        return []
+    try:
+        values = [float(item) for item in text.split(",")]
+    except ValueError:
+        values = [0.0]
+    if any(value <= 0 for value in values):
+        raise argparse.ArgumentTypeError(f"expected widths such as 0.35,0.5,0.75,1.0 (or none), got {text!r}")
+    return values
+
+
+def register(subparsers) -> None:
+    search = subparsers.add_parser(
+        "search",
+        help="platform-aware architecture search (MNAS) on Ray: proxy training x measured latency",
+        description=(
+            "Searches the MNAS space for the best accuracy-latency trade-off on a target device. Each candidate "
+            "is trained briefly on --data and its latency measured on --target; a controller learns from the "
+            "reward. Writes trials.jsonl, pareto.json, pareto.png, the front's checkpoints and report.md into "
+            "--output. Runs on an embedded Ray (no set-up) or joins a cluster (--address). Retrain a front member "
+            "with `mnasnet train --blocks-file RUN/front/trial-N.blocks`."
+        ),
+    )
+    keep = argparse.SUPPRESS  # unset flags stay unset: a resumed search takes its saved settings
+    search.add_argument("--output", required=True, help="run folder")
+    search.add_argument("--resume", action="store_true", help="continue the search in --output")
+    search.add_argument("--address", help="a Ray cluster to join (auto, ray://HOST:10001); default: embedded")
+    search.add_argument("--num-cpus", type=positive_int, help="CPUs of the embedded Ray (default: all)")
+    search.add_argument("--quiet", action="store_true", help="no line per finished trial")
+    group = search.add_argument_group("search settings (saved with the run; a resumed search must match)")
+    group.add_argument("--data", default=keep, help="proxy dataset: a folder or a built-in name (default: photos)")
+    group.add_argument(
+        "--target",
+        default=keep,
+        help="latency target: vela:ethos-u65-256, litert-int8, litert-fp32, onnxruntime, macs, table:TARGET or "
+        'command:"CMD {model}" (default: vela:ethos-u65-256)',
+    )
+    group.add_argument("--latency-ms", type=float, default=keep, help="the reward's target latency T (default: 1.0)")
+    group.add_argument("--trials", type=positive_int, default=keep, help="candidates to train (default: 100)")
+    group.add_argument("--controller", default=keep, help="random, evolution (default), reinforce or ppo")
+    group.add_argument("--reward", default=keep, help="soft (default), hard or tunas")
+    group.add_argument("--space", default=keep, help="search space: a1 (default), mobilenetv2 or a YAML file")
+    group.add_argument("--resolution", type=positive_int, default=keep, help="input size searched (default: 64)")
+    group.add_argument("--seed", type=int, default=keep, help="controller and training seed (default: 0)")
+    group.add_argument("--parallel", type=positive_int, default=keep, help="trials in flight (default: 2)")
+    group.add_argument("--cpus-per-trial", type=float, default=keep, help="Ray CPUs per proxy training (default: 1)")
+    group.add_argument("--gpus-per-trial", type=float, default=keep, help="Ray GPUs per proxy training (default: 0)")
+    group.add_argument(
+        "--latency-resource",
+        type=_resource,
+        action="append",
+        default=keep,
+        metavar="NAME[=N]",
+        help="a custom Ray resource latency tasks need, e.g. board (the node attached to the target board)",
+    )
+    group.add_argument("--max-retries", type=int, default=keep, help="re-runs of a task whose worker died (default: 2)")
+    group.add_argument(
+        "--reference-widths", type=_widths, default=keep, help="A1 widths trained as reference points (or none)"
+    )
+    group.add_argument("--latency-cache", default=keep, help="latency cache folder (default: the user cache)")
+    proxy = search.add_argument_group("proxy training (each candidate)")
+    proxy.add_argument("--epochs", type=positive_int, default=keep, help="epochs per candidate (default: 4)")
+    proxy.add_argument("--batch-size", type=positive_int, default=keep, help="batch size (default: 32)")
+    proxy.add_argument("--lr", type=float, default=keep, help="peak learning rate (default: 0.02)")
+    proxy.add_argument("--device", default=keep, help="auto (default: a GPU when the trial has one), cpu or cuda")
+    search.set_defaults(func=_search)
+
+
+def settings_from_args(args: argparse.Namespace):
+    """The :class:`SearchSettings` the flags describe; on ``--resume`` the saved ones, with the flags on top."""
+    from mnasnet.search.driver import STATE_NAME, SearchSettings
+
+    values: dict = {}
+    if args.resume:
+        path = Path(args.output) / STATE_NAME
+        try:
+            values = json.loads(path.read_text())["settings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigError(f"{args.output} holds no search to resume ({path} is missing or unreadable)") from None
+    given = vars(args)
+    values |= {name: given[name] for name in _SETTINGS if name in given}
+    if "latency_resource" in given:
+        values["latency_resources"] = dict(given["latency_resource"])
+    if "reference_widths" in given:
+        values["reference_widths"] = tuple(given["reference_widths"])
+    proxy = dict(values.get("proxy", {}))
+    proxy |= {name: given[name] for name in _PROXY if name in given}
+    values["proxy"] = proxy
+    for name in ("reference_widths", "width_multipliers"):
+        if values.get(name) is not None:
+            values[name] = tuple(values[name])
+    known = {field for field in SearchSettings.__dataclass_fields__}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{args.output}: unknown search setting {unknown[0]!r} in {STATE_NAME}")
+    return SearchSettings(**values)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from mnasnet.search.driver import run_search
+
+    settings = settings_from_args(args)
+    result = run_search(
+        settings, args.output, resume=args.resume, address=args.address, num_cpus=args.num_cpus,
+        progress=not args.quiet,
+    )  # fmt: skip
+    ok = sum(trial["status"] == "ok" for trial in result.trials)
+    print(f"{len(result.trials)} trials ({ok} ok) in {result.seconds / 60:.1f} min; {len(result.front)} on the front")
+    for entry in result.front:
+        print(
+            f"  trial {entry['trial_id']}: top-1 {100 * entry['accuracy']:.2f}%  {entry['latency_ms']:.4f} ms  "
+            f"{entry['blocks_file']}"
+        )
+    print(f"report: {Path(args.output) / 'report.md'}")
+    return 0
