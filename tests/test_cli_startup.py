@@ -7,7 +7,20 @@ import pytest
 
 import mnasnet
 
-COMMANDS = ("summary", "convert", "weights", "predict", "train", "evaluate", "plot", "export", "benchmark", "demo")
+COMMANDS = (
+    "summary",
+    "convert",
+    "weights",
+    "predict",
+    "train",
+    "evaluate",
+    "plot",
+    "export",
+    "benchmark",
+    "demo",
+    "search",
+    "detect",
+)
 
 
 def _modules_after(code: str) -> set[str]:
