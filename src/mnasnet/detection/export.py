@@ -79,6 +79,8 @@ class DetectorExportMetadata:
         precision: ``"float32"`` or ``"int8"``.
         batch: the fixed batch size, or ``None`` for a dynamic batch.
         nms: whether the file outputs final detections (ONNX ``NonMaxSuppression``) beside the raw outputs.
+        class_output: what the ``cls_logits`` output holds: ``"logits"``, or ``"scores"`` (int8 files:
+            class probabilities, softmax for SSDLite and sigmoid for RetinaNet, computed on the NPU).
         outputs: role (``cls_logits``, ``bbox_regression``, ...) -> the file's output tensor name.
         input_quantization / output_quantization: ``{"scale", "zero_point"}`` of int8 tensors
             (outputs by role); ``None`` for float files.
@@ -94,6 +96,7 @@ class DetectorExportMetadata:
     precision: str = "float32"
     batch: int | None = None
     nms: bool = False
+    class_output: str = "logits"
     outputs: dict[str, str] = dataclasses.field(default_factory=dict)
     input_quantization: dict[str, Any] | None = None
     output_quantization: dict[str, dict[str, Any]] | None = None
@@ -124,6 +127,8 @@ class DetectorExportMetadata:
             data["image_size"] = tuple(int(side) for side in data["image_size"])
             data["map_sizes"] = [tuple(int(side) for side in size) for size in data["map_sizes"]]
             metadata = cls(**data)
+            if metadata.class_output not in ("logits", "scores"):
+                raise ValueError(f"class_output {metadata.class_output!r}")
             anchors_from_dict(metadata.anchors)  # fails here, not at the first prediction
         except CheckpointError:
             raise
@@ -399,19 +404,29 @@ def _tflite_outputs(path: Path) -> dict[str, dict[str, Any]]:
     return details
 
 
-def _observe_concat_outputs(prepared: torch.fx.GraphModule, spec) -> None:
-    """Gives each head concatenation an observer of its own.
+def _observe_head_outputs(prepared: torch.fx.GraphModule, spec) -> None:
+    """Gives each head concatenation, and the class softmax, an observer of its own.
 
-    The LiteRT quantiser leaves ``cat`` unannotated, so the converter requantises every map's
-    predictions into one input's range and clips the others (int8 logits then correlate ~0.85 with
-    the float ones). Observed, the output gets a scale that covers all maps.
+    The LiteRT quantiser leaves ``cat`` and ``softmax`` unannotated. For ``cat`` the converter then
+    requantises every map's predictions into one input's range and clips the others (int8 logits then
+    correlate ~0.85 with the float ones); observed, the output gets a scale that covers all maps. A
+    ``softmax`` would stay float (on the CPU); observed with TFLite's fixed int8 softmax output
+    parameters (scale 1/256, zero point -128) it becomes an int8 SOFTMAX that Vela runs on the NPU.
     """
+    from torchao.quantization.pt2e.observer import FixedQParamsObserver
+
     graph = prepared.graph
-    for index, node in enumerate(n for n in list(graph.nodes) if n.target == torch.ops.aten.cat.default):
-        name = f"activation_post_process_concat_{index}"
-        observer = spec.observer_or_fake_quant_ctr(
-            dtype=spec.dtype, quant_min=spec.quant_min, quant_max=spec.quant_max, qscheme=spec.qscheme
-        )
+    softmax = (torch.ops.aten.softmax.int, torch.ops.aten._softmax.default)
+    for index, node in enumerate(n for n in list(graph.nodes) if n.target in (torch.ops.aten.cat.default, *softmax)):
+        name = f"activation_post_process_head_{index}"
+        if node.target in softmax:
+            observer = FixedQParamsObserver(
+                scale=1 / 256, zero_point=-128, dtype=torch.int8, quant_min=-128, quant_max=127
+            )
+        else:
+            observer = spec.observer_or_fake_quant_ctr(
+                dtype=spec.dtype, quant_min=spec.quant_min, quant_max=spec.quant_max, qscheme=spec.qscheme
+            )
         prepared.add_module(name, observer)
         with graph.inserting_after(node):
             observed = graph.call_module(name, (node,))
@@ -420,7 +435,7 @@ def _observe_concat_outputs(prepared: torch.fx.GraphModule, spec) -> None:
 
 
 def _quantize(module: torch.nn.Module, sample: torch.Tensor, calibration: np.ndarray, *, per_channel: bool):
-    """PT2E static int8 (``mnasnet.deploy.quantize.quantize_pt2e``'s recipe) with observed concatenations."""
+    """PT2E static int8 (``mnasnet.deploy.quantize.quantize_pt2e``'s recipe) with observed head outputs."""
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -431,7 +446,7 @@ def _quantize(module: torch.nn.Module, sample: torch.Tensor, calibration: np.nda
     quantizer = PT2EQuantizer().set_global(config)
     prepared = prepare_pt2e(torch.export.export(module, (sample,)).module(), quantizer)
     _observe_add_inputs(prepared)
-    _observe_concat_outputs(prepared, config.output_activation)
+    _observe_head_outputs(prepared, config.output_activation)
     from tqdm import tqdm
 
     with torch.no_grad():
@@ -466,7 +481,9 @@ def export_detector_tflite(
 
     The two outputs stay separate (``cls_logits`` and ``bbox_regression``, each with its own int8
     scale); every operator of the int8 file runs on an Ethos-U NPU (Vela), and decoding + NMS are
-    left to the CPU (:func:`load_tflite_predictor`).
+    left to the CPU (:func:`load_tflite_predictor`). The int8 file's class output holds class
+    probabilities (an int8 SOFTMAX, or LOGISTIC for RetinaNet): int8 logits would step by ~0.35 across
+    the background's large range; the metadata's ``class_output`` says ``"scores"``.
 
     Args:
         weights: a :class:`Detector` or a detector checkpoint.
@@ -494,7 +511,7 @@ def export_detector_tflite(
 
     detector = _open_detector(weights)
     images = _calibration(detector.config, calibration, int8=int8, limit=calibration_limit)
-    module = ExportableDetector(detector, layout=layout, pooling=pooling)
+    module = ExportableDetector(detector, layout=layout, pooling=pooling, class_scores=int8)
     sample = _sample(detector.config, 1, layout)
     metadata = _base_metadata(
         detector,
@@ -521,6 +538,7 @@ def export_detector_tflite(
         roles = dict(zip(RAW_OUTPUTS, ("output_0", "output_1"), strict=True))
         metadata.outputs = {role: details[key]["name"] for role, key in roles.items()}
         if int8:
+            metadata.class_output = "scores"
             metadata.input_quantization = {k: details["input"][k] for k in ("scale", "zero_point")}
             metadata.output_quantization = {
                 role: {k: details[key][k] for k in ("scale", "zero_point")} for role, key in roles.items()
@@ -660,6 +678,14 @@ class OnnxDetectionPredictor(_ExportedDetectionPredictor):
         return rescale(detections, image_sizes, original_sizes) if original_sizes is not None else detections
 
 
+def _scores_to_logits(scores: np.ndarray, head: str) -> np.ndarray:
+    """Logits that give back ``scores`` under the head's softmax (log-probabilities) or sigmoid."""
+    probabilities = np.clip(scores, 1e-8, 1 - 1e-7).astype(np.float32)
+    if head == "ssdlite":
+        return np.log(probabilities)
+    return np.log(probabilities) - np.log1p(-probabilities)
+
+
 class LiteRTDetectionPredictor(_ExportedDetectionPredictor):
     """An exported detector ``.tflite`` run by LiteRT (XNNPACK); int8 files are (de)quantised here."""
 
@@ -702,6 +728,8 @@ class LiteRTDetectionPredictor(_ExportedDetectionPredictor):
         images = _to_layout(_check_images(images, self.metadata), self.metadata.layout)
         outputs = [self._invoke(images[index : index + 1]) for index in range(len(images))]  # batch-1 graph
         cls_logits, bbox_regression = (np.concatenate(parts) for parts in zip(*outputs, strict=True))
+        if self.metadata.class_output == "scores":
+            cls_logits = _scores_to_logits(cls_logits, self.config.head)
         return cls_logits, bbox_regression
 
 

@@ -135,10 +135,16 @@ class ExportableDetector(nn.Module):
         detector: the source detector (copied, not changed).
         layout: ``"nchw"`` (PyTorch/ONNX convention) or ``"nhwc"`` (TFLite convention) input.
         pooling: the SE means as ``"mean"`` or ``"avgpool"`` (see :class:`~mnasnet.deploy.graph.ExportableMnasNet`).
+        class_scores: output class probabilities (SSDLite's softmax, RetinaNet's sigmoid) instead of
+            logits. For int8 files: the logits span the background's large values, so one int8 step is
+            ~0.35 and the scores come out coarse; probabilities have a fixed range (steps of 1/256).
     """
 
-    def __init__(self, detector: Detector, *, layout: str = "nchw", pooling: str = "mean") -> None:
+    def __init__(
+        self, detector: Detector, *, layout: str = "nchw", pooling: str = "mean", class_scores: bool = False
+    ) -> None:
         super().__init__()
+        self.class_scores = class_scores
         if layout not in LAYOUTS:
             raise DetectionError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if pooling not in POOLINGS:
@@ -161,7 +167,12 @@ class ExportableDetector(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.layout == "nhwc":
             images = images.permute(0, 3, 1, 2)
-        return self.head(self.backbone(images))
+        cls_logits, bbox_regression = self.head(self.backbone(images))
+        if self.class_scores:  # int8 files: logits span ~70 (the background's), probabilities a fixed 0..1
+            if self.config.head == "ssdlite":
+                return torch.softmax(cls_logits, dim=-1), bbox_regression
+            return torch.sigmoid(cls_logits), bbox_regression
+        return cls_logits, bbox_regression
 
 
 # -- in-graph NMS (ONNX) -------------------------------------------------------------------------
