@@ -37,7 +37,7 @@ _PATCH_RANGE = (48, 112)
 
 
 def _photos() -> dict[str, np.ndarray]:
-    data = require("skimage.data", extra="dev")  # scikit-image: in the dev extra for now
+    data = require("skimage.data", extra="train")
     sample_images = require("sklearn.datasets").load_sample_images
     china, flower = sample_images().images
     return {

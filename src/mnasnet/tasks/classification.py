@@ -58,6 +58,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         RunLockedError: another run is writing into the same folder.
         TrainingDivergedError: the loss became NaN/inf (the last good checkpoint is kept).
     """
+    if config.qat:  # the same entry point as the command line: --qat means quantisation-aware training
+        from mnasnet.tasks.qat import train_qat
+
+        return train_qat(config, resume=resume, progress=progress)
     config.validate()
     if config.recipe == "finetune" and not config.weights:
         raise ConfigError("the finetune recipe needs pretrained weights: pass --weights NAME|PATH")
