@@ -43,6 +43,21 @@ class TrainResult:
     model: nn.Module | None = None  # the evaluated/exported weights (the EMA when on)
     train_model: nn.Module | None = None  # the raw trained weights
 
+    @classmethod
+    def from_run(cls, result: RunResult) -> TrainResult:
+        """The engine's result, with the classifier's best metric named as such."""
+        return cls(
+            result.run_dir,
+            result.status,
+            result.epoch,
+            result.step,
+            result.best,
+            result.metrics,
+            result.checkpoint,
+            model=result.model,
+            train_model=result.train_model,
+        )
+
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
     """Trains (or fine-tunes) a MnasNet classifier as ``config`` says, into the run folder ``config.output``.
@@ -65,17 +80,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     config.validate()
     if config.recipe == "finetune" and not config.weights:
         raise ConfigError("the finetune recipe needs pretrained weights: pass --weights NAME|PATH")
-    result: RunResult = fit(ClassificationTask(config), config.engine_config(), resume=resume, progress=progress)
-    return TrainResult(
-        result.run_dir,
-        result.status,
-        result.epoch,
-        result.step,
-        result.best,
-        result.metrics,
-        result.checkpoint,
-        model=result.model,
-        train_model=result.train_model,
+    return TrainResult.from_run(
+        fit(ClassificationTask(config), config.engine_config(), resume=resume, progress=progress)
     )
 
 

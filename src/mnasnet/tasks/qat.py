@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mnasnet.engine import DistributedContext, RunResult, TrainStep, fit
+from mnasnet.engine import DistributedContext, TrainStep, fit
 from mnasnet.errors import ConfigError, DataError
 from mnasnet.tasks.classification import ClassificationTask, TrainResult
 
@@ -42,18 +42,7 @@ def train_qat(config: TrainConfig, *, resume: bool = False, progress: bool = Tru
     config.validate()
     if not config.qat:
         raise ConfigError("train_qat needs a configuration with qat: true")
-    result: RunResult = fit(QatTask(config), config.engine_config(), resume=resume, progress=progress)
-    return TrainResult(
-        result.run_dir,
-        result.status,
-        result.epoch,
-        result.step,
-        result.best,
-        result.metrics,
-        result.checkpoint,
-        model=result.model,
-        train_model=result.train_model,
-    )
+    return TrainResult.from_run(fit(QatTask(config), config.engine_config(), resume=resume, progress=progress))
 
 
 class QatTask(ClassificationTask):
