@@ -71,16 +71,24 @@ def _quiet():
         yield
 
 
-def _force_int8_io(path: Path) -> None:
-    """Makes the file's input and output int8 if the converter left float QUANTIZE/DEQUANTIZE at the ends."""
-    details = tflite_io_details(path)
-    if details["input"]["dtype"] == "int8" and details["output"]["dtype"] == "int8":
+def _io_dtypes(path: Path) -> list[str]:
+    schema = require("ai_edge_litert.schema_py_generated")
+    graph = schema.Model.GetRootAs(bytearray(path.read_bytes()), 0).Subgraphs(0)
+    names = {value: key.lower() for key, value in vars(schema.TensorType).items() if not key.startswith("_")}
+    indices = [graph.Inputs(i) for i in range(graph.InputsLength())]
+    indices += [graph.Outputs(i) for i in range(graph.OutputsLength())]
+    return [names[graph.Tensors(index).Type()] for index in indices]
+
+
+def force_int8_io(path: Path) -> None:
+    """Makes every input and output int8 if the converter left float QUANTIZE/DEQUANTIZE at the ends."""
+    if all(dtype == "int8" for dtype in _io_dtypes(path)):
         return
     modify_model_interface = require("ai_edge_litert._pywrap_modify_model_interface").modify_model_interface
 
     fixed = path.with_name(path.stem + ".io.tflite")
     if modify_model_interface(str(path), str(fixed), _INT8, _INT8) != 0:
-        raise DeployError("could not make the int8 TFLite file's input and output int8")
+        raise DeployError("could not make the int8 TFLite file's inputs and outputs int8")
     os.replace(fixed, path)
 
 
@@ -150,7 +158,7 @@ def export_tflite(
                 edge = litert_torch.convert(module, (sample,))
             edge.export(str(raw))
         if int8:
-            _force_int8_io(raw)
+            force_int8_io(raw)
             details = tflite_io_details(raw)
             metadata.input_quantization = {k: details["input"][k] for k in ("dtype", "scale", "zero_point")}
             metadata.output_quantization = {k: details["output"][k] for k in ("dtype", "scale", "zero_point")}

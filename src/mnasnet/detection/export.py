@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from mnasnet.deploy.common import check_export_packages, check_writable
+from mnasnet.deploy.export_tflite import force_int8_io
 from mnasnet.deploy.graph import LAYOUTS, POOLINGS
 from mnasnet.deploy.quantize import DeployError
 from mnasnet.detection import DetectionError
@@ -455,17 +456,6 @@ def _quantize(module: torch.nn.Module, sample: torch.Tensor, calibration: np.nda
     return move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False)), quantizer
 
 
-def _force_int8_io(path: Path) -> None:
-    """Makes every input and output int8 if the converter left float QUANTIZE/DEQUANTIZE at the ends."""
-    if all(entry["dtype"] == "int8" for entry in _tflite_outputs(path).values()):
-        return
-    modify = require("ai_edge_litert._pywrap_modify_model_interface").modify_model_interface
-    fixed = path.with_name(path.stem + ".io.tflite")
-    if modify(str(path), str(fixed), 9, 9) != 0:  # tflite TensorType INT8
-        raise DeployError("could not make the int8 TFLite file's input and outputs int8")
-    os.replace(fixed, path)
-
-
 def export_detector_tflite(
     weights: str | os.PathLike | Detector,
     out: str | os.PathLike,
@@ -532,7 +522,7 @@ def export_detector_tflite(
                 edge = litert_torch.convert(module, (sample,))
             edge.export(str(raw))
         if int8:
-            _force_int8_io(raw)
+            force_int8_io(raw)
         details = _tflite_outputs(raw)
         # the module returns (cls_logits, bbox_regression): the signature names them output_0, output_1
         roles = dict(zip(RAW_OUTPUTS, ("output_0", "output_1"), strict=True))
