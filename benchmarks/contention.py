@@ -7,7 +7,7 @@ Trains MnasNet-small on the built-in ``digits`` (the settings of
 fresh process so that the environment policy applies, once on a quiet machine
 and once next to one busy single-threaded process (``while True: pass``):
 
-- default: the CLI as shipped: ``OMP_WAIT_POLICY=PASSIVE`` set before PyTorch
+- default: the CLI as shipped: a short OpenMP spin (``GOMP_SPINCOUNT=500``) set before PyTorch
   loads, threads = the CPUs this process may use (affinity and cgroup quota);
 - old: PyTorch imported before the CLI runs, so OpenMP keeps its default
   spin-waiting, and threads = the host's core count;
@@ -52,13 +52,15 @@ def train_arguments(epochs: int, output: Path) -> list[str]:
     return arguments
 
 
-def settings(include_active: bool) -> dict[str, tuple[list[str], dict[str, str], list[str]]]:
+def settings(include_active: bool, spin_counts: list[int]) -> dict[str, tuple[list[str], dict[str, str], list[str]]]:
     """name -> (python arguments before the CLI's, extra environment, extra CLI arguments)."""
     host_cores = str(os.cpu_count() or 1)
     chosen = {
-        "default (PASSIVE, threads: auto)": (["-m", "mnasnet"], {}, []),
+        "default (threads: auto)": (["-m", "mnasnet"], {}, []),
         f"old (spin-wait, {host_cores} threads)": (["-c", OLD_ENTRY], {}, ["--threads", host_cores]),
     }
+    for count in spin_counts:  # libgomp spins this many times at a barrier, then sleeps
+        chosen[f"GOMP_SPINCOUNT={count}"] = (["-c", OLD_ENTRY], {"GOMP_SPINCOUNT": str(count)}, [])
     if include_active:
         chosen[f"OMP_WAIT_POLICY=ACTIVE ({host_cores} threads)"] = (
             ["-m", "mnasnet"], {"OMP_WAIT_POLICY": "ACTIVE"}, ["--threads", host_cores],
@@ -86,13 +88,16 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1, help="repeat each run; the fastest counts (default 1)")
     parser.add_argument("--active", action="store_true", help="also measure OMP_WAIT_POLICY=ACTIVE (slow)")
+    parser.add_argument(
+        "--spin-counts", type=int, nargs="*", default=[], help="also measure libgomp with these GOMP_SPINCOUNT values"
+    )
     args = parser.parse_args()
     from mnasnet.data.datasets import resolve_dataset
 
     resolve_dataset("digits")  # written to the cache once, outside the timings
     print(f"{args.epochs} epochs of MnasNet-small on digits; host cores {os.cpu_count()}, available {available_cpus()}")
     print(f"load average before: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
-    chosen = settings(args.active)
+    chosen = settings(args.active, args.spin_counts)
     times: dict[tuple[str, bool], list[float]] = {(name, busy): [] for name in chosen for busy in (False, True)}
     with tempfile.TemporaryDirectory(prefix="mnasnet-contention-") as workdir:
         # interleaved round by round, so that noise from other users hits every setting alike

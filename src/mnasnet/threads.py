@@ -4,7 +4,7 @@ Two things make PyTorch slow on a shared machine: taking the host's core count
 when a container or ``taskset`` allows fewer CPUs, and OpenMP threads that
 spin-wait at every barrier, burning the cores another process needs (training
 2 epochs of ``digits`` next to one busy process took 12x longer with
-``OMP_WAIT_POLICY=ACTIVE`` than quiet; ``benchmarks/contention.py``).
+``OMP_WAIT_POLICY=ACTIVE`` than quiet, and 3.2x with libgomp's default spin; ``benchmarks/contention.py``).
 :func:`prepare_environment` must run before ``torch`` is imported, since
 OpenMP reads its settings when it loads; the command line calls it first.
 
@@ -32,9 +32,16 @@ __all__ = [
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MAX_THREADS = 1024  # more is a typo, not a machine
 
-# Set only where the user has not: sleep at barriers instead of spinning (GNU and LLVM OpenMP),
-# and give the CPU back at once after a parallel region (Intel OpenMP).
-OPENMP_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+# Set only where the user has not. GNU OpenMP (PyTorch's on Linux) spins 500 times at a barrier, then
+# sleeps: its default of 300,000 spins steals the cores a busy neighbour needs, and no spin at all
+# (OMP_WAIT_POLICY=PASSIVE) pays a wake-up at every small parallel region. benchmarks/contention.py,
+# 2 epochs of digits on 2 cores, quiet / next to one busy process:
+#   default 300k spins 10.5 / 33.5 s; 1,000 spins 11.9 / 23.0 s; 500 spins 13.9 / 20.6 s;
+#   100 spins 17.4 / 19.3 s; PASSIVE 15.8-17.4 / 17.8-18.3 s.
+# 500 keeps busy <= 1.5x quiet while losing less quiet speed than PASSIVE. Intel OpenMP: give the CPU
+# back at once after a parallel region.
+SPIN_COUNT = "500"
+OPENMP_ENVIRONMENT = {"GOMP_SPINCOUNT": SPIN_COUNT, "KMP_BLOCKTIME": "0"}
 
 
 _configured: int | None = None  # what configure_threads chose, for runtimes other than PyTorch
@@ -47,6 +54,9 @@ def prepare_environment(environ: MutableMapping[str, str] | None = None) -> None
     """
     environ = os.environ if environ is None else environ
     for name, value in OPENMP_ENVIRONMENT.items():
+        # libgomp lets GOMP_SPINCOUNT override OMP_WAIT_POLICY: a user's policy must win
+        if name == "GOMP_SPINCOUNT" and "OMP_WAIT_POLICY" in environ:
+            continue
         environ.setdefault(name, value)
 
 
