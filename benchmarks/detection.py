@@ -47,7 +47,9 @@ def part_learning(args: argparse.Namespace) -> dict:
     from mnasnet.tasks.detection import detection_config, train_detector
 
     overrides = {
-        key: getattr(args, key) for key in ("epochs", "size", "arch", "lr", "batch_size") if getattr(args, key)
+        key: getattr(args, key)
+        for key in ("epochs", "size", "arch", "lr", "batch_size", "anchor_scales", "width")
+        if getattr(args, key)
     }
     output = args.output or tempfile.mkdtemp(prefix="det-learning-")
     config = detection_config("faces-coins", output=str(Path(output) / "run"), eval_every=args.eval_every, **overrides)
@@ -391,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     learning.add_argument("--size", type=int)
     learning.add_argument("--arch")
     learning.add_argument("--lr", type=float)
+    learning.add_argument("--width", type=float)
+    learning.add_argument("--anchor-scales", dest="anchor_scales", type=float, nargs=2)
     learning.add_argument("--batch-size", dest="batch_size", type=int)
     learning.add_argument("--eval-every", dest="eval_every", type=int, default=1)
     deploy = parser.add_argument_group("int8 and side-by-side")

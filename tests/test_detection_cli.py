@@ -58,6 +58,10 @@ def test_train_then_resume_from_the_command_line(tiny_data, tmp_path, capsys):
         (["--size", "100"], "size must be a multiple of 32"),
         (["--size", "16"], "size must be an integer from 64 to 2048"),
         (["--head", "yolo"], "head must be one of ssdlite, retinanet"),
+        (["--anchor-scales", "0.5", "0.1"], "anchor_scales must be two numbers 0 < smallest < largest <= 1"),
+        (["--anchor-scales", "nan", "0.5"], "anchor_scales must be two numbers"),
+        (["--anchor-scales", "0.1", "1.5"], "anchor_scales must be two numbers"),
+        (["--head", "retinanet", "--anchor-scales", "0.1", "0.5"], "RetinaNet's anchors are fixed pixel sizes"),
     ],
 )
 def test_train_bad_input_is_one_line(tmp_path, capsys, flags, message, tiny_data):

@@ -40,7 +40,31 @@ def _register_train(commands) -> None:
     train.add_argument("--width", type=float, default=suppress, help="backbone width multiplier")
     train.add_argument("--size", type=int, default=suppress, help="square input side in pixels (a multiple of 32)")
     train.add_argument(
-        "--weights", default=suppress, help="classification checkpoint or registry name for the backbone"
+        "--weights",
+        default=suppress,
+        help="classification checkpoint or registry name for the backbone (with --qat: a detector checkpoint)",
+    )
+    train.add_argument(
+        "--qat",
+        action="store_true",
+        default=suppress,
+        help="quantisation-aware fine-tuning of --weights (a trained detector) for int8 export",
+    )
+    train.add_argument(
+        "--per-tensor",
+        dest="per_tensor",
+        action="store_true",
+        default=suppress,
+        help="with --qat: per-tensor weight scales (export with --per-tensor)",
+    )
+    train.add_argument(
+        "--anchor-scales",
+        dest="anchor_scales",
+        type=float,
+        nargs=2,
+        metavar=("SMALLEST", "LARGEST"),
+        default=suppress,
+        help="SSDLite default-box sides as fractions of the image side (default 0.2 0.95; lower for small objects)",
     )
     train.add_argument("--epochs", type=positive_int, default=suppress)
     train.add_argument("--batch-size", dest="batch_size", type=positive_int, default=suppress)
@@ -102,7 +126,9 @@ def _register_export(commands) -> None:
     export.add_argument("out", metavar="OUT", help="the .onnx or .tflite file to write")
     export.add_argument("--weights", required=True, help="detector checkpoint (.safetensors)")
     export.add_argument("--format", help="onnx or tflite (default: from OUT's suffix)")
-    export.add_argument("--int8", action="store_true", help="full-integer TFLite (needs --calibration)")
+    export.add_argument(
+        "--int8", action="store_true", help="full-integer TFLite (needs --calibration, unless --weights is from --qat)"
+    )
     export.add_argument("--calibration", metavar="DATA", help="detection dataset: COCO-format folder or 'faces-coins'")
     export.add_argument("--calibration-images", type=positive_int, default=None, help="at most this many (default 128)")
     export.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default: per channel)")
@@ -145,18 +171,26 @@ _NOT_SETTINGS = ("resume", "quiet", "threads", "func", "command", "detect_comman
 def run_train(args: argparse.Namespace) -> int:
     from mnasnet.errors import ConfigError
     from mnasnet.tasks.detection import DetectionTrainConfig, detection_config, train_detector
+    from mnasnet.tasks.detection_qat import DetectionQatConfig, detection_qat_config, train_detector_qat
 
     overrides = {key: value for key, value in vars(args).items() if key not in _NOT_SETTINGS}
+    saved = {}
     if args.resume:
         if "output" not in overrides:
             raise ConfigError("--resume needs --output RUN_DIR")
         saved = _saved_config(Path(overrides["output"]))
+    qat = bool(overrides.get("qat", saved.get("qat", False)))
+    if overrides.get("per_tensor") and not qat:
+        raise ConfigError("--per-tensor only applies to quantisation-aware training: add --qat")
+    if args.resume:
         # --max-steps limits one invocation; a resumed run goes on unless it is given again
-        config = DetectionTrainConfig.from_dict({**saved, "max_steps": None, **overrides}).validate()
+        config_class = DetectionQatConfig if qat else DetectionTrainConfig
+        config = config_class.from_dict({**saved, "max_steps": None, **overrides}).validate()
     else:
         data = overrides.pop("data", "faces-coins")
-        config = detection_config(data, **overrides)
-    result = train_detector(config, resume=args.resume, progress=not args.quiet)
+        config = detection_qat_config(data, **overrides) if qat else detection_config(data, **overrides)
+    train = train_detector_qat if qat else train_detector
+    result = train(config, resume=args.resume, progress=not args.quiet)
     if os.environ.get("RANK", "0") != "0":
         return 130 if result.status == "interrupted" else 0
     last = result.metrics[-1] if result.metrics else {}

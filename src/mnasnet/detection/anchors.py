@@ -66,6 +66,9 @@ class DefaultBoxes:
             object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
             if len(self.steps) != self.levels:
                 raise DetectionError(f"steps needs {self.levels} values, got {self.steps}")
+        ratios_ok = all(isinstance(v, int | float) and math.isfinite(v) for v in (self.min_ratio, self.max_ratio))
+        if not (ratios_ok and 0 < self.min_ratio <= self.max_ratio):
+            raise DetectionError(f"need 0 < min_ratio <= max_ratio, got {self.min_ratio!r}, {self.max_ratio!r}")
         if any(a <= 0 for ratios in self.aspect_ratios for a in ratios):
             raise DetectionError(f"aspect ratios must be positive, got {self.aspect_ratios}")
 

@@ -500,7 +500,10 @@ def export_detector_tflite(
     import litert_torch
 
     detector = _open_detector(weights)
-    images = _calibration(detector.config, calibration, int8=int8, limit=calibration_limit)
+    from mnasnet.detection.qat import read_detector_qat_state
+
+    qat = read_detector_qat_state(weights) if int8 else None  # a QAT checkpoint brings its ranges: no calibration
+    images = None if qat else _calibration(detector.config, calibration, int8=int8, limit=calibration_limit)
     module = ExportableDetector(detector, layout=layout, pooling=pooling, class_scores=int8)
     sample = _sample(detector.config, 1, layout)
     metadata = _base_metadata(
@@ -516,7 +519,16 @@ def export_detector_tflite(
             if int8:
                 from litert_torch.quantize.quant_config import QuantConfig
 
-                converted, quantizer = _quantize(module, sample, to_layout(images, layout), per_channel=not per_tensor)
+                if qat is not None:
+                    from mnasnet.detection.qat import convert_detector_qat
+
+                    converted, quantizer = convert_detector_qat(
+                        detector, qat, per_channel=not per_tensor, layout=layout, pooling=pooling
+                    )
+                else:
+                    converted, quantizer = _quantize(
+                        module, sample, to_layout(images, layout), per_channel=not per_tensor
+                    )
                 edge = litert_torch.convert(converted, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
             else:
                 edge = litert_torch.convert(module, (sample,))
@@ -536,8 +548,8 @@ def export_detector_tflite(
             metadata.quantization = {
                 "tool": "litert-torch PT2E",
                 "weights": f"int8 per-{'tensor' if per_tensor else 'channel'} symmetric",
-                "activations": "int8 per-tensor (histogram observer)",
-                "calibration_images": int(len(images)),
+                "activations": f"int8 per-tensor ({'QAT ranges' if qat else 'histogram observer'})",
+                "calibration_images": 0 if qat else int(len(images)),
             }
         with atomic_path(out) as temp:
             _write_tflite_metadata(raw, temp, metadata.to_json())

@@ -98,6 +98,9 @@ class DetectorConfig:
             ``topk_candidates`` is per class for SSDLite, per level for RetinaNet. ``None`` takes the
             head's default.
         mean, std: per-channel normalisation of 0-1 pixels the network expects.
+        anchor_scales: SSDLite only: the smallest and largest default-box sides relative to the
+            image side, ``(min_ratio, max_ratio)``; ``None`` is torchvision's ``(0.2, 0.95)``, which
+            finds nothing smaller than about a tenth of the image. Lower the first for small objects.
     """
 
     head: str
@@ -111,6 +114,7 @@ class DetectorConfig:
     detections_per_image: int | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    anchor_scales: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -143,6 +147,20 @@ class DetectorConfig:
             object.__setattr__(self, name, tuple(float(v) for v in values))
         if min(self.std) <= 0:
             raise DetectionError(f"std must be positive, got {self.std}")
+        self._check_anchor_scales()
+
+    def _check_anchor_scales(self) -> None:
+        scales = self.anchor_scales
+        if scales is None:
+            return
+        if self.head != "ssdlite":
+            raise DetectionError("anchor_scales sets SSDLite's default boxes; RetinaNet's anchors are fixed sizes")
+        if not (isinstance(scales, Sequence) and len(scales) == 2 and all(_is_number(v) for v in scales)):
+            raise DetectionError(f"anchor_scales must be two numbers (smallest, largest), got {scales!r}")
+        low, high = float(scales[0]), float(scales[1])
+        if not 0 < low < high <= 1:
+            raise DetectionError(f"anchor_scales must satisfy 0 < smallest < largest <= 1, got {scales!r}")
+        object.__setattr__(self, "anchor_scales", (low, high))
 
     def _check_labels(self) -> None:
         if self.labels is None:
@@ -156,14 +174,22 @@ class DetectorConfig:
 
     @property
     def anchor_generator(self) -> DefaultBoxes | GridAnchors:
-        """SSDLite's default boxes or RetinaNet's grid anchors, with torchvision's settings."""
-        return DefaultBoxes() if self.head == "ssdlite" else GridAnchors()
+        """SSDLite's default boxes (torchvision's, or spanning ``anchor_scales``) or RetinaNet's grid anchors."""
+        if self.head == "retinanet":
+            return GridAnchors()
+        if self.anchor_scales is None:
+            return DefaultBoxes()
+        return DefaultBoxes(min_ratio=self.anchor_scales[0], max_ratio=self.anchor_scales[1])
 
     def to_dict(self) -> dict[str, Any]:
         data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         data["backbone"] = self.backbone.to_dict()
         data["labels"] = list(self.labels) if self.labels is not None else None
         data["mean"], data["std"] = list(self.mean), list(self.std)
+        if self.anchor_scales is None:
+            del data["anchor_scales"]  # files stay readable by versions without the setting
+        else:
+            data["anchor_scales"] = list(self.anchor_scales)
         return data
 
     @classmethod
@@ -439,7 +465,8 @@ def create_detector(
         backbone_weights: a registry name or classification checkpoint (see
             :func:`mnasnet.create_model`); its classifier is dropped, and its normalisation kept.
         labels: class names, background first.
-        **settings: ``score_threshold``, ``nms_threshold``, ``topk_candidates``, ``detections_per_image``.
+        **settings: ``score_threshold``, ``nms_threshold``, ``topk_candidates``, ``detections_per_image``,
+            ``anchor_scales``.
     """
     from mnasnet.factory import create_model
 
@@ -451,7 +478,8 @@ def create_detector(
     if source is None and backbone_weights is None:
         source = "a1"
     backbone = create_model(source, width_multiplier=width_multiplier, weights=backbone_weights)
-    unknown = set(settings) - {"score_threshold", "nms_threshold", "topk_candidates", "detections_per_image"}
+    known = {"score_threshold", "nms_threshold", "topk_candidates", "detections_per_image", "anchor_scales"}
+    unknown = set(settings) - known
     if unknown:
         raise DetectionError(f"unknown detector settings: {sorted(unknown)}")
     config = DetectorConfig(

@@ -45,6 +45,7 @@ class DetectionTrainConfig:
     width: float | None = None
     size: int | None = None  # the square input side; default 320 (SSDLite) or 640 (RetinaNet)
     weights: str | None = None  # a classification checkpoint or registry name for the backbone
+    anchor_scales: tuple[float, float] | None = None  # SSDLite's smallest and largest box side / image side
     # augmentation (SSD): IoU crop and flip always; the "ssd" recipe adds these two
     photometric: bool = False
     zoom_out: bool = False
@@ -74,9 +75,11 @@ class DetectionTrainConfig:
 
     def validate(self) -> DetectionTrainConfig:
         """Raises ConfigError (a ValueError) naming the first setting that makes no sense."""
-        check_settings(self, _RULES, optional=("width", "size", "max_steps", "bn_momentum"))
+        check_settings(self, _RULES, optional=("width", "size", "max_steps", "bn_momentum", "anchor_scales"))
         if self.size is not None and self.size % 32:
             raise ConfigError(f"size must be a multiple of 32 (the backbone's stride), got {self.size}")
+        if self.anchor_scales is not None and self.head != "ssdlite":
+            raise ConfigError("anchor_scales sets SSDLite's default boxes; RetinaNet's anchors are fixed pixel sizes")
         return self
 
     def engine_config(self) -> EngineConfig:
@@ -129,6 +132,15 @@ _RULES = {
     "warmup_epochs": non_negative(),
     "weight_decay": non_negative(),
     "bn_momentum": (lambda v: isinstance(v, float | int) and 0 < v < 1, "in (0, 1)"),
+    "anchor_scales": (
+        lambda v: (
+            isinstance(v, list | tuple)
+            and len(v) == 2
+            and all(isinstance(x, float | int) and not isinstance(x, bool) for x in v)
+            and 0 < v[0] < v[1] <= 1
+        ),
+        "two numbers 0 < smallest < largest <= 1 (box side / image side)",
+    ),
 }
 
 # The built-in faces-coins (1,000 images of 320 pixels, faces and coins of 16 to 160 pixels) from
@@ -156,6 +168,8 @@ def detection_config(data: str = "faces-coins", **overrides: Any) -> DetectionTr
     settings = dict(BUILTIN_SETTINGS.get(str(data), {}))
     if overrides.get("weights") or overrides.get("head") == "retinanet":
         settings.pop("arch", None)  # the backbone comes from the weights; a tuned size stays
+    if overrides.get("head") == "retinanet":
+        settings.pop("anchor_scales", None)  # RetinaNet's anchors are fixed pixel sizes
     settings.update(overrides)
     return DetectionTrainConfig.from_dict({"data": str(data), **settings}).validate()
 
@@ -252,6 +266,7 @@ class DetectionTask(Task):
             size=config.size,
             backbone_weights=config.weights,
             labels=["background", *self.train_data.class_names],
+            anchor_scales=tuple(config.anchor_scales) if config.anchor_scales else None,
         )
         if config.bn_momentum is not None:
             for module in model.modules():
