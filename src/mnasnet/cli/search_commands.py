@@ -57,7 +57,7 @@ def register(subparsers) -> None:
     search.add_argument("--num-cpus", type=positive_int, help="CPUs of the embedded Ray (default: all)")
     search.add_argument("--quiet", action="store_true", help="no line per finished trial")
     group = search.add_argument_group("search settings (saved with the run; a resumed search must match)")
-    group.add_argument("--data", default=keep, help="proxy dataset: a folder or a built-in name (default: photos)")
+    group.add_argument("--data", default=keep, help="proxy dataset: a folder or built-in name (default: photos-search)")
     group.add_argument(
         "--target",
         default=keep,

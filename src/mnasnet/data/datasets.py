@@ -32,7 +32,7 @@ __all__ = [
     "resolve_dataset",
 ]
 
-BUILTIN_DATASETS = ("digits", "photos")  # photos: mnasnet.data.photos
+BUILTIN_DATASETS = ("digits", "photos", "photos-search")  # mnasnet.data.photos, mnasnet.data.photos_search
 _DIGITS_VERSION = "digits-v1"
 _DIGITS_SIZE = 32  # the 8x8 originals, upscaled so random crops stay meaningful
 _DIGITS_VAL_FRACTION = 0.2
@@ -52,6 +52,10 @@ def resolve_dataset(name_or_dir: str | os.PathLike) -> Path:
             from mnasnet.data.photos import materialise_photos
 
             return materialise_photos()
+        if text == "photos-search":
+            from mnasnet.data.photos_search import materialise_photos_search
+
+            return materialise_photos_search()
         return _materialise_digits()
     root = Path(text).expanduser()
     if not root.is_dir():

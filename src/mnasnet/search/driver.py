@@ -88,7 +88,7 @@ class SearchSettings:
         latency_cache: the latency cache folder (default: the user cache).
     """
 
-    data: str = "photos"
+    data: str = ProxySettings.data
     space: str = "a1"
     resolution: int | None = 64
     width_multipliers: tuple[float, ...] | None = None
