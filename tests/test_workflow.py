@@ -45,3 +45,26 @@ def test_demo_writes_a_report_with_measured_figures(tmp_path, monkeypatch, capsy
         with Image.open(output / plot) as image:
             assert image.format == "PNG" and image.size[0] > 300
     assert len(results["predictions"]) == 2 and all(p.get("top") for p in results["predictions"])
+
+    # the extra sections ran, each with figures from outside yardsticks
+    assert "error" not in results["qat"], results["qat"]
+    from ai_edge_litert.interpreter import Interpreter
+
+    for row in results["qat"]["rows"]:
+        interpreter = Interpreter(model_path=str(output / "models" / row["file"]))
+        assert interpreter.get_input_details()[0]["dtype"].__name__ == "int8"  # a full-integer file
+        assert 0 <= row["qat_top1"] <= 100 and f"`{row['file']}`" in report
+    detection = results["detection"]
+    assert "error" not in detection, detection
+    assert detection["metrics"]["n"] == 16 and 0 <= detection["int8_metrics"]["AP50"] <= 1  # pycocotools' figures
+    assert detection["npu"]["cpu_operators"] == 0 and detection["npu"]["npu_operators"] > 50
+    with Image.open(detection["drawn"]) as image:
+        assert image.format in ("PNG", "JPEG") and image.size[0] > 100
+    search = results["search"]
+    assert "error" not in search, search
+    trials = [json.loads(line) for line in (output / "search" / "trials.jsonl").read_text().splitlines()]
+    assert sum(record["kind"] == "search" for record in trials) == 2
+    assert json.loads((output / "search" / "pareto.json").read_text())
+    for title in ("## Post-training int8 against quantisation-aware training", "## Object detection",
+                  "## Architecture search"):  # fmt: skip
+        assert title in report

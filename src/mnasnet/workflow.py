@@ -52,6 +52,15 @@ class WorkflowConfig:
     calibration_images: int = 256
     held_out_images: int = 4
     npu: str = "ethos-u65-256"
+    # the extra sections (mnasnet.workflow_sections); each can be left out
+    qat: bool = True
+    qat_epochs: int = 2
+    detection: bool = True
+    detection_epochs: int = 3
+    detection_eval_images: int | None = 100  # None: the whole val split
+    search: bool = True
+    search_trials: int = 4
+    search_epochs: int = 2
 
 
 def _log(message: str) -> None:
@@ -88,7 +97,7 @@ def run_workflow(config: WorkflowConfig) -> Path:
     output = Path(config.output)
     models = output / "models"
     models.mkdir(parents=True, exist_ok=True)
-    steps = _Steps(8)
+    steps = _Steps(8 + config.qat + config.detection + config.search)
     started = time.perf_counter()
     dataset = steps.run(f"preparing the dataset {config.data!r}", lambda: resolve_dataset(config.data))
     checkpoint, metrics = steps.run("training", lambda: _train(config, output / "run"))
@@ -101,6 +110,7 @@ def run_workflow(config: WorkflowConfig) -> Path:
     predictions = steps.run(
         "classifying held-out images with the int8 TFLite", lambda: _classify(config, exports, dataset)
     )
+    sections = _run_sections(config, steps, output, checkpoint, accuracy)
     report = steps.run(
         "writing the report",
         lambda: _write_report(
@@ -113,6 +123,7 @@ def run_workflow(config: WorkflowConfig) -> Path:
             latency,
             npu,
             predictions,
+            sections,
             time.perf_counter() - started,
         ),  # fmt: skip
     )
@@ -144,6 +155,8 @@ def _train(config: WorkflowConfig, run_dir: Path) -> tuple[Path, list[dict[str, 
         recipe="paper",
     )
     result = train(train_config, progress=sys.stderr.isatty())
+    if result.status == "interrupted":  # Ctrl-C or SIGTERM: the engine saved and stopped; so does the demo
+        raise KeyboardInterrupt
     best = result.run_dir / "best.safetensors"
     return (best if best.exists() else result.run_dir / "last.safetensors"), result.metrics
 
@@ -222,6 +235,62 @@ def _classify(config: WorkflowConfig, exports: dict[str, Path], dataset: Path) -
     return results
 
 
+def _run_sections(
+    config: WorkflowConfig, steps: _Steps, output: Path, checkpoint: Path, accuracy: dict[str, dict]
+) -> dict[str, dict[str, Any]]:
+    """The extra sections the config asks for; a section that fails keeps its error for the report."""
+    from mnasnet import workflow_sections as sections
+
+    chosen: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {}
+    if config.qat:
+        ptq = {
+            "float": accuracy["model.safetensors"]["top1"],
+            "per-channel": accuracy["model_int8.tflite"]["top1"],
+            "per-tensor": accuracy["model_int8_per_tensor.tflite"]["top1"],
+        }
+        chosen["qat"] = (
+            "quantisation-aware training, per channel and per tensor",
+            lambda: sections.qat_section(
+                checkpoint,
+                output / "models",
+                data=config.data,
+                resolution=config.resolution,
+                epochs=config.qat_epochs,
+                max_steps=config.max_steps,
+                calibration_images=config.calibration_images,
+                ptq_top1=ptq,
+            ),  # fmt: skip
+        )
+    if config.detection:
+        chosen["detection"] = (
+            "object detection: training SSDLite on faces-coins, int8 export, NPU",
+            lambda: sections.detection_section(
+                output / "detection",
+                epochs=config.detection_epochs,
+                max_steps=config.max_steps,
+                eval_limit=config.detection_eval_images,
+                calibration_images=config.calibration_images,
+                npu=config.npu,
+                threads=config.threads,
+            ),  # fmt: skip
+        )
+    if config.search:
+        chosen["search"] = (
+            "a small architecture search on Ray",
+            lambda: sections.search_section(
+                output / "search", trials=config.search_trials, epochs=config.search_epochs
+            ),
+        )
+    results = {}
+    for name, (title, action) in chosen.items():
+        try:
+            results[name] = steps.run(title, action)
+        except Exception as error:  # noqa: BLE001  the classifier's report is measured already: keep it
+            _log(f"    {name} failed: {type(error).__name__}: {error}")
+            results[name] = {"error": f"{type(error).__name__}: {error}"}
+    return results
+
+
 # -- report -------------------------------------------------------------------------------
 
 
@@ -259,6 +328,7 @@ def _write_report(
     latency: list[dict],
     npu: dict[str, Any] | None,
     predictions: list[dict[str, Any]],
+    sections: dict[str, dict[str, Any]],
     seconds: float,
 ) -> Path:
     from mnasnet.profile import profile_model
@@ -317,6 +387,16 @@ def _write_report(
     for item in predictions:
         top = ", ".join(f"{entry['label']} {entry['prob']:.2f}" for entry in item.get("top") or [])
         lines.append(f"| `{Path(item['image']).name}` | {item['true_label']} | {top or item.get('error')} |")
+    from mnasnet import workflow_sections
+
+    section_lines = {
+        "qat": ("Post-training int8 against quantisation-aware training", workflow_sections.qat_lines),
+        "detection": ("Object detection", lambda result: workflow_sections.detection_lines(result, output)),
+        "search": ("Architecture search", lambda result: workflow_sections.search_lines(result, output)),
+    }
+    for name, result in sections.items():
+        title, render = section_lines[name]
+        lines += ["", f"## {title}", "", *render(result)]
     lines += [
         "",
         "## Plots",
@@ -331,7 +411,7 @@ def _write_report(
     report = output / "README.md"
     atomic_write_text(report, "\n".join(lines))
     summary = {"accuracy": accuracy, "latency": latency, "npu": npu, "predictions": predictions,
-               "params": profile.params, "macs": profile.macs, "seconds": seconds}  # fmt: skip
+               "params": profile.params, "macs": profile.macs, "seconds": seconds, **sections}  # fmt: skip
     atomic_write_text(output / "results.json", json.dumps(summary, indent=2, default=str))
     return report
 

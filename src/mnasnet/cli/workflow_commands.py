@@ -7,7 +7,10 @@ import argparse
 from mnasnet.cli.options import add_threads_flag
 from mnasnet.workflow import WorkflowConfig, default_output
 
-QUICK = {"epochs": 1, "benchmark_repeats": 5, "calibration_images": 32, "held_out_images": 2}
+QUICK = {
+    "epochs": 1, "benchmark_repeats": 5, "calibration_images": 32, "held_out_images": 2,
+    "qat_epochs": 1, "detection_epochs": 1, "detection_eval_images": 16, "search_trials": 2, "search_epochs": 1,
+}  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--batch-size", type=int, default=defaults.batch_size)
     add_threads_flag(demo, "training, export and the benchmark")
     demo.add_argument("--quick", action="store_true", help="a few training steps and short benchmarks (a smoke test)")
+    demo.add_argument("--no-qat", dest="qat", action="store_false", help="leave out quantisation-aware training")
+    demo.add_argument("--no-detection", dest="detection", action="store_false", help="leave out object detection")
+    demo.add_argument("--no-search", dest="search", action="store_false", help="leave out the architecture search")
     demo.set_defaults(func=run_demo)
 
 
@@ -35,7 +41,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     config = WorkflowConfig(
         output=args.output, data=args.data, arch=args.arch, width=args.width, resolution=args.resolution,
-        epochs=args.epochs, batch_size=args.batch_size, threads=args.threads,
+        epochs=args.epochs, batch_size=args.batch_size, threads=args.threads, qat=args.qat,
+        detection=args.detection, search=args.search,
     )  # fmt: skip
     if args.quick:
         config = WorkflowConfig(**{**config.__dict__, **QUICK})

@@ -50,11 +50,19 @@ def detection_demo(
     root = resolve_detection_dataset(data)
     sized = {"size": size} if size is not None else {}  # default: the built-in dataset's tuned size
     config = detection_config(
-        data, output=str(output / "run"), epochs=epochs, max_steps=max_steps, workers=1, eval_every=epochs, **sized
+        data,
+        output=str(output / "run"),
+        epochs=epochs,
+        max_steps=max_steps,
+        eval_every=epochs,
+        **sized,
+        workers=0,  # the demo has loaded JAX (the TFLite exporter) by now: forking a loader worker could deadlock
     )
     started = time.perf_counter()
     result = train_detector(config, progress=progress)
     train_seconds = time.perf_counter() - started
+    if result.status == "interrupted":  # Ctrl-C or SIGTERM: the engine saved and stopped; so does the caller
+        raise KeyboardInterrupt
     checkpoint = result.run_dir / "best.safetensors"
     if not checkpoint.is_file():  # stopped by max_steps before an evaluation: keep what it learned
         from mnasnet.detection.model import save_detector
@@ -83,6 +91,7 @@ def detection_demo(
         "train_seconds": train_seconds,
         "epochs": result.epoch,
         "steps": result.step,
+        "status": result.status,
         "metrics": metrics,
         "latency_ms": float(np.median(timings) * 1000),
         "drawn": drawn,
