@@ -34,8 +34,9 @@ from mnasnet.tasks.detection import detection_config, train_detector  # noqa: E4
 from mnasnet.tasks.detection_qat import detection_qat_config, train_detector_qat  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def one_thread():
+    # module scope: set up before the module-scoped trainings below, which the results depend on
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
