@@ -47,6 +47,7 @@ __all__ = [
     "create_detector",
     "load_detector",
     "read_detector_config",
+    "read_detector_extra",
     "save_detector",
 ]
 
@@ -547,6 +548,24 @@ def _read_header(path: Path, metadata: Mapping[str, str]) -> dict[str, Any]:
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer mnasnet (detector format {version})")
     return header
+
+
+def read_detector_extra(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``extra`` a detector checkpoint's header holds (provenance, QAT ranges), without reading its tensors.
+
+    Raises:
+        CheckpointError: the file is missing, not a detector checkpoint, or its header is corrupt.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"detector checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = _read_header(path, handle.metadata() or {})
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({error})") from None
+    extra = header.get("extra")
+    return extra if isinstance(extra, dict) else {}
 
 
 def read_detector_config(path: str | os.PathLike) -> DetectorConfig:

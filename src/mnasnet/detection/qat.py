@@ -20,7 +20,6 @@ float32 weights) with ``extra["qat"]``: the per-channel flag and the activation 
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,6 @@ from mnasnet.deploy.qat import (
 )
 from mnasnet.deploy.quantize import DeployError
 from mnasnet.detection.model import Detector
-from mnasnet.errors import CheckpointError
 from mnasnet.layers import ConvBNAct
 
 __all__ = [
@@ -168,20 +166,12 @@ def read_detector_qat_state(weights: str | os.PathLike | Detector) -> dict[str, 
     if isinstance(weights, Detector):
         state = getattr(weights, "qat_state", None)
         return None if state is None else _check_state(state, "the detector")
-    from safetensors import safe_open
-
-    from mnasnet.detection.model import FORMAT_NAME
+    from mnasnet.detection.model import read_detector_extra
 
     path = Path(weights).expanduser()
     if path.suffix != ".safetensors" or not path.is_file():
         return None
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = json.loads((handle.metadata() or {}).get(FORMAT_NAME, "{}"))
-    except (OSError, ValueError) as error:  # load_detector names the problem first; this is a backstop
-        raise CheckpointError(f"{path} is not a readable detector checkpoint ({error})") from None
-    extra = header.get("extra") if isinstance(header, dict) else None
-    state = extra.get("qat") if isinstance(extra, dict) else None
+    state = read_detector_extra(path).get("qat")
     return None if state is None else _check_state(state, str(path))
 
 

@@ -185,6 +185,20 @@ class DetectionTrainResult:
     checkpoint: Path | None
     model: nn.Module | None = None  # the evaluated weights (the EMA when on)
 
+    @classmethod
+    def from_run(cls, result: RunResult) -> DetectionTrainResult:
+        """The engine's result, with the detector's best metric (val AP) named as such."""
+        return cls(
+            result.run_dir,
+            result.status,
+            result.epoch,
+            result.step,
+            result.best,
+            result.metrics,
+            result.checkpoint,
+            model=result.model,
+        )
+
 
 def train_detector(
     config: DetectionTrainConfig, *, resume: bool = False, progress: bool = True
@@ -202,16 +216,8 @@ def train_detector(
         TrainingDivergedError: the loss became NaN/inf.
     """
     config.validate()
-    result: RunResult = fit(DetectionTask(config), config.engine_config(), resume=resume, progress=progress)
-    return DetectionTrainResult(
-        result.run_dir,
-        result.status,
-        result.epoch,
-        result.step,
-        result.best,
-        result.metrics,
-        result.checkpoint,
-        model=result.model,
+    return DetectionTrainResult.from_run(
+        fit(DetectionTask(config), config.engine_config(), resume=resume, progress=progress)
     )
 
 
@@ -248,12 +254,6 @@ class DetectionTask(Task):
             )
 
     def build_model(self) -> nn.Module:
-        from mnasnet.detection.data import (
-            DetectionDataset,
-            eval_transform,
-            retinanet_train_transform,
-            ssd_train_transform,
-        )
         from mnasnet.detection.model import create_detector
 
         config = self.config
@@ -272,7 +272,20 @@ class DetectionTask(Task):
             for module in model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.momentum = config.bn_momentum
-        detector = model.config
+        self._build_datasets(model.config)
+        self.model = model
+        return model
+
+    def _build_datasets(self, detector: Any) -> None:
+        """The training and validation sets, with the augmentation and normalisation ``detector`` (a config) needs."""
+        from mnasnet.detection.data import (
+            DetectionDataset,
+            eval_transform,
+            retinanet_train_transform,
+            ssd_train_transform,
+        )
+
+        config = self.config
         size, mean, std = detector.size, detector.mean, detector.std
         if detector.head == "ssdlite":
             train_transform = ssd_train_transform(
@@ -285,8 +298,6 @@ class DetectionTask(Task):
         self.val_set = DetectionDataset(
             self.val_data, eval_transform(size, letterbox=letterbox, fill=mean), mean=mean, std=std
         )
-        self.model = model
-        return model
 
     def train_dataset(self):
         return self.train_set

@@ -96,16 +96,8 @@ def train_detector_qat(
         DataError: as :func:`~mnasnet.tasks.detection.train_detector`, and when the classes differ.
     """
     config.validate()
-    result = fit(DetectionQatTask(config), config.engine_config(), resume=resume, progress=progress)
-    return DetectionTrainResult(
-        result.run_dir,
-        result.status,
-        result.epoch,
-        result.step,
-        result.best,
-        result.metrics,
-        result.checkpoint,
-        model=result.model,
+    return DetectionTrainResult.from_run(
+        fit(DetectionQatTask(config), config.engine_config(), resume=resume, progress=progress)
     )
 
 
@@ -135,28 +127,11 @@ class DetectionQatTask(DetectionTask):
         self.float_detector = detector
 
     def build_model(self) -> nn.Module:
-        from mnasnet.detection.data import (
-            DetectionDataset,
-            eval_transform,
-            retinanet_train_transform,
-            ssd_train_transform,
-        )
         from mnasnet.detection.model import anchors_for
         from mnasnet.detection.qat import prepare_detector_qat
 
-        config, detector = self.config, self.float_detector.config
-        size, mean, std = detector.size, detector.mean, detector.std
-        if detector.head == "ssdlite":
-            train_transform = ssd_train_transform(
-                size, photometric=config.photometric, zoom_out=config.zoom_out, fill=mean
-            )
-        else:
-            train_transform = retinanet_train_transform(size, letterbox=config.letterbox, fill=mean)
-        letterbox = detector.head == "retinanet" and config.letterbox
-        self.train_set = DetectionDataset(self.train_data, train_transform, mean=mean, std=std, seed=config.seed)
-        self.val_set = DetectionDataset(
-            self.val_data, eval_transform(size, letterbox=letterbox, fill=mean), mean=mean, std=std
-        )
+        detector = self.float_detector.config
+        self._build_datasets(detector)
         self.model = self.float_detector  # the settings signature() and describe() report
         self.anchors = anchors_for(detector)
         prepared, _ = prepare_detector_qat(self.float_detector, per_channel=self.per_channel)
