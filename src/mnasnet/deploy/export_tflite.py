@@ -9,6 +9,7 @@ transposes, so Vela places all of it on an Ethos-U NPU.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import os
@@ -92,6 +93,36 @@ def force_int8_io(path: Path) -> None:
     os.replace(fixed, path)
 
 
+def float_operators(path: str | os.PathLike) -> list[str]:
+    """The operators of a TFLite file that write float32 tensors (names, in graph order).
+
+    A full-integer file has none: each one is float compute that an NPU hands back to the CPU.
+    """
+    schema = require("ai_edge_litert.schema_py_generated")
+    model = schema.Model.GetRootAs(bytearray(Path(path).read_bytes()), 0)
+    graph = model.Subgraphs(0)
+    names = {value: key for key, value in vars(schema.BuiltinOperator).items() if not key.startswith("_")}
+    found = []
+    for index in range(graph.OperatorsLength()):
+        operator = graph.Operators(index)
+        outputs = [operator.Outputs(i) for i in range(operator.OutputsLength())]
+        if any(graph.Tensors(t).Type() == _FLOAT32 for t in outputs if t >= 0):
+            code = model.OperatorCodes(operator.OpcodeIndex())
+            found.append(names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM"))
+    return found
+
+
+def check_full_integer(path: Path) -> None:
+    """Refuses an "int8" file that still computes in float (a quantiser gap, not the user's doing)."""
+    found = float_operators(path)
+    if found:
+        counts = ", ".join(f"{count} {name}" for name, count in sorted(collections.Counter(found).items()))
+        raise DeployError(
+            f"the int8 conversion left {len(found)} operators in float ({counts}); no file was written. "
+            "This is a bug in mnasnet's quantisation: please report it with the model's architecture"
+        )
+
+
 def export_tflite(
     weights: str | os.PathLike | MnasNet,
     out: str | os.PathLike,
@@ -159,6 +190,7 @@ def export_tflite(
             edge.export(str(raw))
         if int8:
             force_int8_io(raw)
+            check_full_integer(raw)
             details = tflite_io_details(raw)
             metadata.input_quantization = {k: details["input"][k] for k in ("dtype", "scale", "zero_point")}
             metadata.output_quantization = {k: details["output"][k] for k in ("dtype", "scale", "zero_point")}

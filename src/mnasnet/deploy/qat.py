@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from mnasnet.deploy.graph import ExportableMnasNet
-from mnasnet.deploy.quantize import DeployError, _is_observer, _observe_add_inputs
+from mnasnet.deploy.quantize import DeployError, _is_observer, _observe_add_inputs, int8_quantizer_class
 from mnasnet.errors import CheckpointError
 from mnasnet.extras import require
 from mnasnet.model import MnasNet
@@ -62,9 +62,9 @@ def qat_quantizer(*, per_channel: bool = True):
     """litert-torch's PT2E quantiser with the exporter's int8 scheme, in its QAT form (see the module docstring)."""
     require("litert_torch")
     require("torchao")
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
 
-    class FoldedGraphQuantizer(PT2EQuantizer):
+    class FoldedGraphQuantizer(int8_quantizer_class()):
         # BN is folded before export, so the conv+BN QAT patterns would match nothing here (and building
         # them fails under torch 2.13); every other annotation is the exporter's.
         STATIC_QAT_ONLY_OPS: list[str] = []

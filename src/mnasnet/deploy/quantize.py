@@ -9,6 +9,7 @@ convnets here.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -108,6 +109,94 @@ def _observe_add_inputs(graph_module: torch.fx.GraphModule) -> None:
     graph_module.recompile()
 
 
+def _one_attribute_node_per_use(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Gives every user of a shared parameter (or constant) its own ``get_attr`` node.
+
+    litert-torch's annotators put the weight node in each conv's pattern and skip a pattern any of
+    whose nodes is already annotated, so of the convs that share a weight (RetinaNet's towers run
+    on all five pyramid levels) only the first was quantised and the rest ran in float on the CPU.
+    The nodes still read one parameter, so QAT trains it once and every use gets the same scales.
+    """
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        if node.op != "get_attr" or len(node.users) < 2:
+            continue
+        for user in list(node.users)[1:]:
+            with graph.inserting_before(user):
+                copy = graph.get_attr(node.target)
+            copy.meta = dict(node.meta)
+            user.replace_input_with(node, copy)
+    graph_module.recompile()
+    return graph_module
+
+
+def _has_quantized_output(node) -> bool:
+    annotation = node.meta.get("quantization_annotation") if isinstance(node, torch.fx.Node) else None
+    return annotation is not None and annotation.output_qspec is not None
+
+
+def _annotate_pyramid_ops(graph_module: torch.fx.GraphModule, config) -> None:
+    """Annotates what litert-torch's quantiser leaves float in a feature pyramid's graph.
+
+    Without this an FPN's top-down path and RetinaNet's P7 run as float ops on the CPU, between a
+    DEQUANTIZE and a QUANTIZE (Vela counted 14 such operators):
+
+    * the top-down sums (``add`` nodes the quantiser's source-partition matcher does not find);
+    * the nearest-neighbour upsampling before them (a copy: it shares its input's scale);
+    * a conv+ReLU pair whose conv also feeds other layers (P6 feeds its towers and, through a ReLU,
+      P7): the pattern leaves the conv's output float, so it gets its own int8 output instead.
+    """
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+    convs = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default)
+    upsamplings = (torch.ops.aten.upsample_nearest2d.vec, torch.ops.aten.upsample_nearest2d.default)
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        annotation = node.meta.get("quantization_annotation")
+        if node.target in convs and annotation is not None and annotation.output_qspec is None and len(node.users) > 1:
+            annotation.output_qspec = config.output_activation
+            for user in node.users:
+                user_annotation = user.meta.get("quantization_annotation")
+                if user_annotation is not None and node not in user_annotation.input_qspec_map:
+                    user_annotation.input_qspec_map[node] = config.input_activation
+            continue
+        if annotation is not None and annotation._annotated:
+            continue
+        inputs = [arg for arg in node.args if isinstance(arg, torch.fx.Node)]
+        if not inputs or not all(_has_quantized_output(arg) for arg in inputs):
+            continue  # a float input stays float
+        if node.target in upsamplings:
+            shared = SharedQuantizationSpec(inputs[0])
+            node.meta["quantization_annotation"] = QuantizationAnnotation(
+                input_qspec_map={inputs[0]: shared}, output_qspec=shared, _annotated=True
+            )
+        elif node.target == torch.ops.aten.add.Tensor:
+            node.meta["quantization_annotation"] = QuantizationAnnotation(
+                input_qspec_map={arg: config.input_activation for arg in inputs},
+                output_qspec=config.output_activation,
+                _annotated=True,
+            )
+
+
+@functools.cache
+def int8_quantizer_class() -> type:
+    """litert-torch's ``PT2EQuantizer`` that quantises every use of a shared weight (the class; build it yourself)."""
+    require("litert_torch")
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
+
+    class Int8Quantizer(PT2EQuantizer):
+        def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            return _one_attribute_node_per_use(super().transform_for_annotation(model))
+
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            model = super().annotate(model)
+            _annotate_pyramid_ops(model, self.global_config)
+            return model
+
+    return Int8Quantizer
+
+
 def quantize_pt2e(module: torch.nn.Module, sample: torch.Tensor, calibration: np.ndarray, *, per_channel: bool = True):
     """PT2E static int8 quantisation of ``module`` (calibrated on ``calibration``, one image at a time).
 
@@ -116,12 +205,12 @@ def quantize_pt2e(module: torch.nn.Module, sample: torch.Tensor, calibration: np
     """
     require("litert_torch")
     require("torchao")
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from tqdm import tqdm
 
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+    quantizer = int8_quantizer_class()().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
     graph = torch.export.export(module, (sample,)).module()
     prepared = prepare_pt2e(graph, quantizer)
     _observe_add_inputs(prepared)

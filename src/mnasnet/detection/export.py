@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from mnasnet.deploy.common import check_export_packages, check_writable
-from mnasnet.deploy.export_tflite import force_int8_io
+from mnasnet.deploy.export_tflite import check_full_integer, force_int8_io
 from mnasnet.deploy.graph import LAYOUTS, POOLINGS
 from mnasnet.deploy.quantize import DeployError
 from mnasnet.detection import DetectionError
@@ -406,21 +406,32 @@ def _tflite_outputs(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def _observe_head_outputs(prepared: torch.fx.GraphModule, spec) -> None:
-    """Gives each head concatenation, and the class softmax, an observer of its own.
+    """Gives each head concatenation, and the class softmax or sigmoid, an observer of its own.
 
     The LiteRT quantiser leaves ``cat`` and ``softmax`` unannotated. For ``cat`` the converter then
     requantises every map's predictions into one input's range and clips the others (int8 logits then
     correlate ~0.85 with the float ones); observed, the output gets a scale that covers all maps. A
-    ``softmax`` would stay float (on the CPU); observed with TFLite's fixed int8 softmax output
-    parameters (scale 1/256, zero point -128) it becomes an int8 SOFTMAX that Vela runs on the NPU.
+    ``softmax`` or ``sigmoid`` would stay float (on the CPU); observed with TFLite's fixed int8 output
+    parameters (scale 1/256, zero point -128) it becomes an int8 SOFTMAX or LOGISTIC that Vela runs
+    on the NPU.
     """
     from torchao.quantization.pt2e.observer import FixedQParamsObserver
 
+    from mnasnet.deploy.quantize import _is_observer
+
     graph = prepared.graph
-    softmax = (torch.ops.aten.softmax.int, torch.ops.aten._softmax.default)
-    for index, node in enumerate(n for n in list(graph.nodes) if n.target in (torch.ops.aten.cat.default, *softmax)):
+    # an unobserved sigmoid is RetinaNet's class output (its input, the cat, was unannotated); the SE
+    # gates' sigmoids already have the quantiser's fixed-scale observers
+    fixed = (torch.ops.aten.softmax.int, torch.ops.aten._softmax.default, torch.ops.aten.sigmoid.default)
+    heads = [
+        node
+        for node in list(graph.nodes)
+        if node.target == torch.ops.aten.cat.default
+        or (node.target in fixed and not any(_is_observer(user) for user in node.users))
+    ]
+    for index, node in enumerate(heads):
         name = f"activation_post_process_head_{index}"
-        if node.target in softmax:
+        if node.target in fixed:
             observer = FixedQParamsObserver(
                 scale=1 / 256, zero_point=-128, dtype=torch.int8, quant_min=-128, quant_max=127
             )
@@ -437,14 +448,14 @@ def _observe_head_outputs(prepared: torch.fx.GraphModule, spec) -> None:
 
 def _quantize(module: torch.nn.Module, sample: torch.Tensor, calibration: np.ndarray, *, per_channel: bool):
     """PT2E static int8 (``mnasnet.deploy.quantize.quantize_pt2e``'s recipe) with observed head outputs."""
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from mnasnet.deploy.quantize import _observe_add_inputs
+    from mnasnet.deploy.quantize import _observe_add_inputs, int8_quantizer_class
 
     config = get_symmetric_quantization_config(is_per_channel=per_channel)
-    quantizer = PT2EQuantizer().set_global(config)
+    quantizer = int8_quantizer_class()().set_global(config)
     prepared = prepare_pt2e(torch.export.export(module, (sample,)).module(), quantizer)
     _observe_add_inputs(prepared)
     _observe_head_outputs(prepared, config.output_activation)
@@ -535,6 +546,7 @@ def export_detector_tflite(
             edge.export(str(raw))
         if int8:
             force_int8_io(raw)
+            check_full_integer(raw)
         details = _tflite_outputs(raw)
         # the module returns (cls_logits, bbox_regression): the signature names them output_0, output_1
         roles = dict(zip(RAW_OUTPUTS, ("output_0", "output_1"), strict=True))
