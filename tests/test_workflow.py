@@ -68,3 +68,30 @@ def test_demo_writes_a_report_with_measured_figures(tmp_path, monkeypatch, capsy
     for title in ("## Post-training int8 against quantisation-aware training", "## Object detection",
                   "## Architecture search"):  # fmt: skip
         assert title in report
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--epochs", "0"], "epochs must be an integer >= 1"),
+        (["--arch", "bogus"], "unknown architecture 'bogus'"),
+        (["--width", "-1"], "width must be a finite number > 0"),
+        (["--resolution", "7"], "resolution must be an integer >= 8"),
+        (["--batch-size", "0"], "batch_size must be an integer >= 1"),
+        (["--data", "MISSING"], "dataset folder not found"),
+        (["--output", "FILE"], "is a file, not a folder"),
+    ],
+)
+def test_bad_demo_options_fail_in_one_line_before_writing_anything(tmp_path, capsys, arguments, message):
+    output, afile = tmp_path / "report", tmp_path / "afile"
+    afile.write_text("not a folder")
+    replacements = {"MISSING": str(tmp_path / "missing"), "FILE": str(afile)}
+    arguments = [replacements.get(argument, argument) for argument in arguments]
+    if "--output" not in arguments:
+        arguments = ["--output", str(output), *arguments]
+    assert main(["demo", *arguments]) == 2
+    error = capsys.readouterr().err.strip()
+    # a progress line may come first ("[1/11] preparing the dataset ..."); one error line, no traceback
+    assert "Traceback" not in error and error.splitlines()[-1].startswith("mnasnet demo: error: "), error
+    assert message in error.splitlines()[-1] and sum("error" in line for line in error.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text() == "not a folder"

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mnasnet.errors import ConfigError
 from mnasnet.extras import check_installed, require
 from mnasnet.fileio import atomic_path, atomic_write_text
 
@@ -95,12 +96,15 @@ def run_workflow(config: WorkflowConfig) -> Path:
     check_installed(REQUIRED_PACKAGES + builtin_data, purpose="mnasnet demo")
 
     output = Path(config.output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is a file, not a folder")
+    train_config = _train_config(config, output / "run")  # bad options fail here, before anything is written
     models = output / "models"
-    models.mkdir(parents=True, exist_ok=True)
     steps = _Steps(8 + config.qat + config.detection + config.search)
     started = time.perf_counter()
     dataset = steps.run(f"preparing the dataset {config.data!r}", lambda: resolve_dataset(config.data))
-    checkpoint, metrics = steps.run("training", lambda: _train(config, output / "run"))
+    models.mkdir(parents=True, exist_ok=True)
+    checkpoint, metrics = steps.run("training", lambda: _train(train_config))
     shutil.copy2(checkpoint, models / "model.safetensors")
     checkpoint = models / "model.safetensors"
     exports = steps.run("exporting ONNX and TFLite, float32 and int8", lambda: _export(config, checkpoint, models))
@@ -134,8 +138,9 @@ def run_workflow(config: WorkflowConfig) -> Path:
 # -- steps --------------------------------------------------------------------------------
 
 
-def _train(config: WorkflowConfig, run_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
-    from mnasnet.train import train
+def _train_config(config: WorkflowConfig, run_dir: Path):
+    """The classifier's training settings, validated (a ConfigError names the first bad one)."""
+    from mnasnet.factory import create_model
     from mnasnet.train.config import DIGITS_SETTINGS, load_config
 
     tuned = DIGITS_SETTINGS if config.data == "digits" else {}
@@ -154,6 +159,13 @@ def _train(config: WorkflowConfig, run_dir: Path) -> tuple[Path, list[dict[str, 
         },
         recipe="paper",
     )
+    create_model(config.arch, width_multiplier=config.width)  # an unknown architecture or a bad width, named now
+    return train_config
+
+
+def _train(train_config) -> tuple[Path, list[dict[str, Any]]]:
+    from mnasnet.train import train
+
     result = train(train_config, progress=sys.stderr.isatty())
     if result.status == "interrupted":  # Ctrl-C or SIGTERM: the engine saved and stopped; so does the demo
         raise KeyboardInterrupt
