@@ -48,9 +48,12 @@ def part_learning(args: argparse.Namespace) -> dict:
 
     overrides = {
         key: getattr(args, key)
-        for key in ("epochs", "size", "arch", "lr", "batch_size", "anchor_scales", "width")
-        if getattr(args, key)
-    }
+        for key in (
+            "epochs", "size", "arch", "lr", "batch_size", "anchor_scales", "width",
+            "min_lr", "warmup_epochs", "ema_decay", "bn_momentum", "photometric", "zoom_out",
+        )
+        if getattr(args, key) is not None
+    }  # fmt: skip
     output = args.output or tempfile.mkdtemp(prefix="det-learning-")
     config = detection_config("faces-coins", output=str(Path(output) / "run"), eval_every=args.eval_every, **overrides)
     print(f"config: {json.dumps({k: v for k, v in config.to_dict().items() if v is not None})}", flush=True)
@@ -397,6 +400,12 @@ def main(argv: list[str] | None = None) -> int:
     learning.add_argument("--anchor-scales", dest="anchor_scales", type=float, nargs=2)
     learning.add_argument("--batch-size", dest="batch_size", type=int)
     learning.add_argument("--eval-every", dest="eval_every", type=int, default=1)
+    learning.add_argument("--min-lr", dest="min_lr", type=float, help="where the cosine ends (default: 0)")
+    learning.add_argument("--warmup-epochs", dest="warmup_epochs", type=float)
+    learning.add_argument("--ema-decay", dest="ema_decay", type=float)
+    learning.add_argument("--bn-momentum", dest="bn_momentum", type=float)
+    learning.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=None)
+    learning.add_argument("--zoom-out", dest="zoom_out", action=argparse.BooleanOptionalAction, default=None)
     deploy = parser.add_argument_group("int8 and side-by-side")
     deploy.add_argument("--weights", help="int8: a trained faces-coins detector (default: train the defaults here)")
     deploy.add_argument("--calibration-images", dest="calibration_images", type=int, default=64)
