@@ -150,7 +150,8 @@ _RULES = {
 # training CPU time): batch 8, lr 0.02, 16 epochs: AP50 0.19 / 0.39 / 0.46 / 0.47 after 4 / 8 / 12 / 16
 # epochs (4.2 / 8.7 / 13.1 / 17.4 CPU-minutes); batch 16, lr 0.04, 14 epochs: 0.46 (17.8 CPU-minutes);
 # batch 32, lr 0.08, 12 epochs: 0.27 (17.6); batch 16, lr 0.12, 12 epochs: 0.14 (13.9). At 192 (earlier):
-# 0.28 after 20 epochs (16.2).
+# 0.28 after 20 epochs (16.2). The 16-epoch recipe at --threads 2 (quiet machine): AP50 0.40 in 16.6
+# wall-minutes (1.03 an epoch; one run, against 0.47 at 1 thread).
 # SSDLite's smallest default box is 0.2 of the image side: objects under ~0.1 (APs) are not found.
 BUILTIN_SETTINGS: dict[str, dict[str, Any]] = {
     "faces-coins": {
