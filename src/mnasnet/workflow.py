@@ -140,7 +140,7 @@ def run_workflow(config: WorkflowConfig) -> Path:
 
 def _train_config(config: WorkflowConfig, run_dir: Path):
     """The classifier's training settings, validated (a ConfigError names the first bad one)."""
-    from mnasnet.factory import create_model
+    from mnasnet.model import build_config
     from mnasnet.train.config import DIGITS_SETTINGS, load_config
 
     tuned = DIGITS_SETTINGS if config.data == "digits" else {}
@@ -159,7 +159,7 @@ def _train_config(config: WorkflowConfig, run_dir: Path):
         },
         recipe="paper",
     )
-    create_model(config.arch, width_multiplier=config.width)  # an unknown architecture or a bad width, named now
+    build_config(config.arch, width_multiplier=config.width)  # an unknown architecture or a bad width, named now
     return train_config
 
 

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from mnasnet.deploy.graph import ExportableMnasNet
-from mnasnet.deploy.quantize import DeployError, _is_observer, _observe_add_inputs, int8_quantizer_class
+from mnasnet.deploy.quantize import DeployError, _is_observer, int8_quantizer_class
 from mnasnet.errors import CheckpointError
 from mnasnet.extras import require
 from mnasnet.model import MnasNet
@@ -107,7 +107,6 @@ def prepare_qat(module: nn.Module, sample: torch.Tensor, *, per_channel: bool = 
     dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     graph = torch.export.export(module, (sample,), dynamic_shapes=dynamic).module()
     prepared = prepare_qat_pt2e(graph, quantizer)
-    _observe_add_inputs(prepared)  # the exporter's fix for residual adds fed by adds
     allow_exported_model_train_eval(prepared)  # the engine switches modes with .train() / .eval()
     return prepared, quantizer
 

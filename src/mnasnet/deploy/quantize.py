@@ -89,26 +89,6 @@ def _is_observer(node: torch.fx.Node) -> bool:
     return node.op == "call_module" and str(node.target).startswith("activation_post_process")
 
 
-def _observe_add_inputs(graph_module: torch.fx.GraphModule) -> None:
-    """Routes every float input of an ``add`` through the observer already on that value.
-
-    torchao's ``prepare_pt2e`` leaves an add's input unobserved when it comes straight
-    from another add (consecutive residual blocks), so the converter falls back to a
-    float DEQUANTIZE/ADD/QUANTIZE there: slower on CPU and not runnable on an NPU.
-    """
-    for node in graph_module.graph.nodes:
-        if node.op != "call_function" or node.target != torch.ops.aten.add.Tensor:
-            continue
-        args = list(node.args)
-        for index, arg in enumerate(args):
-            if isinstance(arg, torch.fx.Node) and not _is_observer(arg):
-                observers = [user for user in arg.users if _is_observer(user)]
-                if observers:
-                    args[index] = observers[0]
-        node.args = tuple(args)
-    graph_module.recompile()
-
-
 def _one_attribute_node_per_use(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Gives every user of a shared parameter (or constant) its own ``get_attr`` node.
 
@@ -135,14 +115,16 @@ def _has_quantized_output(node) -> bool:
     return annotation is not None and annotation.output_qspec is not None
 
 
-def _annotate_pyramid_ops(graph_module: torch.fx.GraphModule, config) -> None:
-    """Annotates what litert-torch's quantiser leaves float in a feature pyramid's graph.
+def _annotate_missed_ops(graph_module: torch.fx.GraphModule, config) -> None:
+    """Annotates what litert-torch's quantiser leaves float in our graphs.
 
-    Without this an FPN's top-down path and RetinaNet's P7 run as float ops on the CPU, between a
-    DEQUANTIZE and a QUANTIZE (Vela counted 14 such operators):
+    Without this they run as float ops on the CPU, between a DEQUANTIZE and a QUANTIZE (Vela counted
+    14 in RetinaNet's FPN alone):
 
-    * the top-down sums (``add`` nodes the quantiser's source-partition matcher does not find);
-    * the nearest-neighbour upsampling before them (a copy: it shares its input's scale);
+    * every ``add``: the quantiser's source-partition matcher finds none in a ``torch.export`` graph.
+      Residual adds used to get int8 only from their consumers' observers, which left an add fed by
+      another add unobserved;
+    * the nearest-neighbour upsampling of an FPN's top-down path (a copy: it shares its input's scale);
     * a conv+ReLU pair whose conv also feeds other layers (P6 feeds its towers and, through a ReLU,
       P7): the pattern leaves the conv's output float, so it gets its own int8 output instead.
     """
@@ -191,7 +173,7 @@ def int8_quantizer_class() -> type:
 
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             model = super().annotate(model)
-            _annotate_pyramid_ops(model, self.global_config)
+            _annotate_missed_ops(model, self.global_config)
             return model
 
     return Int8Quantizer
@@ -213,7 +195,6 @@ def quantize_pt2e(module: torch.nn.Module, sample: torch.Tensor, calibration: np
     quantizer = int8_quantizer_class()().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
     graph = torch.export.export(module, (sample,)).module()
     prepared = prepare_pt2e(graph, quantizer)
-    _observe_add_inputs(prepared)
     batch = sample.shape[0]
     with torch.no_grad():
         for start in tqdm(range(0, len(calibration), batch), desc="calibrating (PT2E)", leave=False):

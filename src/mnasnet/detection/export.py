@@ -452,12 +452,11 @@ def _quantize(module: torch.nn.Module, sample: torch.Tensor, calibration: np.nda
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from mnasnet.deploy.quantize import _observe_add_inputs, int8_quantizer_class
+    from mnasnet.deploy.quantize import int8_quantizer_class
 
     config = get_symmetric_quantization_config(is_per_channel=per_channel)
     quantizer = int8_quantizer_class()().set_global(config)
     prepared = prepare_pt2e(torch.export.export(module, (sample,)).module(), quantizer)
-    _observe_add_inputs(prepared)
     _observe_head_outputs(prepared, config.output_activation)
     from tqdm import tqdm
 

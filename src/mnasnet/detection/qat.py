@@ -4,9 +4,9 @@ The detector counterpart of :mod:`mnasnet.deploy.qat`. QAT trains the graph that
 ``export_detector_tflite(..., int8=True)`` quantises: :class:`~mnasnet.detection.export_graph.ExportableDetector`
 with class probabilities out (BN folded once in float64, SSDLite's softmax or RetinaNet's sigmoid in
 the graph), prepared for PT2E QAT with the classifier QAT's quantiser settings, per channel or per
-tensor, and the detector exporter's extra observers: the residual adds' inputs, each head
-concatenation (as fake quantisation with a moving-average range) and the softmax (TFLite's fixed
-int8 output: scale 1/256, zero point -128).
+tensor, and the detector exporter's extra observers: each head concatenation (as fake quantisation
+with a moving-average range) and the softmax or sigmoid (TFLite's fixed int8 output: scale 1/256,
+zero point -128).
 
 The loss needs logits, not probabilities: :class:`LogitsTap` reads the fake-quantised class
 concatenation (the int8 tensor the SOFTMAX of the exported file reads) during the forward pass.
