@@ -1,3 +1,4 @@
+import contextlib
 import sys
 from pathlib import Path
 
@@ -7,6 +8,36 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # for `import oracles`
 
 REFERENCE_MD = Path(__file__).resolve().parent / "fixtures" / "reference.md"  # copied from REFERENCE.md
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for a test: on 2 shared cores both faster and reproducible.
+
+    Use it for a whole module with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    with _torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_for_module():
+    """One intra-op thread from before a module's module-scoped fixtures to its end.
+
+    For modules whose module-scoped trainings feed later checks (``one_thread`` would start after them).
+    """
+    with _torch_threads(1):
+        yield
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0, resolution: int = 64) -> torch.nn.Module:

@@ -33,14 +33,8 @@ from mnasnet.errors import CheckpointError, ConfigError, DataError  # noqa: E402
 from mnasnet.tasks.detection import detection_config, train_detector  # noqa: E402
 from mnasnet.tasks.detection_qat import detection_qat_config, train_detector_qat  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # module scope: set up before the module-scoped trainings below, which the results depend on
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# one thread from before the module-scoped trainings below, whose results the checks depend on
+pytestmark = pytest.mark.usefixtures("one_thread_for_module")
 
 
 @pytest.fixture(scope="module")

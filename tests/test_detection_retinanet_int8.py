@@ -33,12 +33,8 @@ LABELS = ("background", "face", "coin")
 ACCELERATORS = ("ethos-u65-256", "ethos-u55-128")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# one thread from before the module-scoped trainings below, whose results the checks depend on
+pytestmark = pytest.mark.usefixtures("one_thread_for_module")
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,8 @@ from train_helpers import make_colour_dataset, tiny_settings
 MNASNET = Path(sys.executable).with_name("mnasnet")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2 shared cores: one intra-op thread is both faster and reproducible here
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# 2 shared cores: one intra-op thread is both faster and reproducible here
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
