@@ -50,7 +50,8 @@ def part_learning(args: argparse.Namespace) -> dict:
         key: getattr(args, key)
         for key in (
             "epochs", "size", "arch", "lr", "batch_size", "anchor_scales", "width",
-            "min_lr", "warmup_epochs", "ema_decay", "bn_momentum", "photometric", "zoom_out",
+            "min_lr", "warmup_epochs", "ema_decay", "bn_momentum", "photometric", "zoom_out", "channels_last",
+            "optimizer", "weight_decay", "momentum",
         )
         if getattr(args, key) is not None
     }  # fmt: skip
@@ -396,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     learning.add_argument("--size", type=int)
     learning.add_argument("--arch")
     learning.add_argument("--lr", type=float)
+    learning.add_argument("--optimizer", choices=("sgd", "adamw", "rmsprop_tf"))
+    learning.add_argument("--weight-decay", dest="weight_decay", type=float)
+    learning.add_argument("--momentum", type=float, help="SGD momentum or AdamW's beta1")
     learning.add_argument("--width", type=float)
     learning.add_argument("--anchor-scales", dest="anchor_scales", type=float, nargs=2)
     learning.add_argument("--batch-size", dest="batch_size", type=int)
@@ -405,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     learning.add_argument("--ema-decay", dest="ema_decay", type=float)
     learning.add_argument("--bn-momentum", dest="bn_momentum", type=float)
     learning.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=None)
+    learning.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None)
     learning.add_argument("--zoom-out", dest="zoom_out", action=argparse.BooleanOptionalAction, default=None)
     deploy = parser.add_argument_group("int8 and side-by-side")
     deploy.add_argument("--weights", help="int8: a trained faces-coins detector (default: train the defaults here)")

@@ -38,6 +38,20 @@ from mnasnet.search.proxy import A1_WIDTHS, ProxySettings, a1_family, make_backe
 from mnasnet.search.report import pareto_front
 
 
+def _proxy_overrides(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` strings as proxy settings, each value read as JSON where it parses (numbers, booleans)."""
+    overrides = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator:
+            raise SystemExit(f"--proxy takes KEY=VALUE, got {pair!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
 def _stage(output: Path, name: str, compute):
     path = output / f"{name}.json"
     if path.is_file():
@@ -111,8 +125,10 @@ def _search(args, controller: str, output: Path, references: bool) -> dict:
         controller=controller,
         controller_options=_controller_options(controller, args.trials),
         parallel=args.parallel,
-        proxy={"epochs": args.epochs},
+        proxy=args.proxy_settings,
         seed=args.seed,
+        reward=args.reward,
+        width_multipliers=tuple(args.widths) if args.widths else None,
     )
     run_dir = output / f"search-{controller}"
     resume = (run_dir / "search.json").is_file()
@@ -228,11 +244,21 @@ def main() -> int:
     parser.add_argument("--table-archs", type=int, default=3)
     parser.add_argument("--stages", default="spread,search,validate,rank,table")
     parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument(
+        "--proxy",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a proxy setting (ProxySettings field), e.g. batch_size=16; repeatable",
+    )
+    parser.add_argument("--reward", default="soft", choices=("soft", "hard", "tunas"))
+    parser.add_argument("--widths", type=float, nargs="+", help="width multipliers searched (default: the space's)")
     args = parser.parse_args()
+    args.proxy_settings = {"epochs": args.epochs, **_proxy_overrides(args.proxy)}
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     stages = args.stages.split(",")
-    proxy = ProxySettings(data=args.data, epochs=args.epochs)
+    proxy = ProxySettings.from_dict({"data": args.data, **args.proxy_settings})
     _init_ray(None, args.num_cpus, {})
     summary: dict = {"settings": vars(args)}
     if "spread" in stages:

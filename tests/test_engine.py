@@ -7,6 +7,7 @@ stop on a NaN loss; and it must do so without importing any classification code.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from mnasnet.engine import EngineConfig, RunLockedError, Task, TrainingDivergedError, fit
@@ -178,7 +180,10 @@ def test_stop_then_resume_ends_bit_identical(tmp_path):
     straight = fit(RegressionTask(), settings(tmp_path / "straight"), progress=False)
     first = fit(RegressionTask(), settings(tmp_path / "resumed", max_steps=9), progress=False)
     assert first.status == "stopped" and first.step == 9
-    assert load_training_state(tmp_path / "resumed" / "checkpoint.pt")["step_in_epoch"] == 3
+    stopped_state = load_training_state(tmp_path / "resumed" / "checkpoint.pt")
+    assert stopped_state["step_in_epoch"] == 3
+    # cut short mid-epoch, the run still leaves the weights it stopped with (the evaluated ones: the EMA)
+    assert_same_state(stopped_state["ema"]["module"], load_file(tmp_path / "resumed" / "last.safetensors"))
     resumed = fit(RegressionTask(), settings(tmp_path / "resumed"), resume=True, progress=False)
     assert resumed.status == "completed" and resumed.step == straight.step
     a = load_training_state(tmp_path / "straight" / "checkpoint.pt")
@@ -261,3 +266,44 @@ def test_the_engine_imports_no_classification_code():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+def test_adamw_steps_as_torch_adamw_with_decoupled_decay_and_bn_exempt(tmp_path):
+    from mnasnet.engine.step import TrainStep
+
+    task = RegressionTask()
+    task.setup(None)
+    model = task.build_model()
+    reference = copy.deepcopy(model)
+    config = settings(tmp_path / "run", optimizer="adamw", weight_decay=0.3, momentum=0.8, ema_decay=0.0).validate()
+    step = TrainStep(model, task=task, config=config, device=torch.device("cpu"))
+    bn = set(map(id, reference[1].parameters()))
+    groups = [
+        {"params": [p for p in reference.parameters() if id(p) not in bn], "weight_decay": 0.3},
+        {"params": list(reference[1].parameters()), "weight_decay": 0.0},
+    ]
+    oracle = torch.optim.AdamW(groups, lr=0.05, betas=(0.8, 0.999))
+    model.eval(), reference.eval()  # no dropout: both see the same function
+    batch = (torch.from_numpy(task.train_set.x[:16]), torch.from_numpy(task.train_set.y[:16]))
+    for _ in range(3):
+        step([batch], lr=0.05)
+        oracle.zero_grad()
+        F.mse_loss(reference(batch[0]), batch[1]).backward()
+        oracle.step()
+    for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs)
+    assert not torch.equal(model[0].weight, task.build_model()[0].weight)  # it did move
+
+
+def test_adamw_run_resumes_bit_identical(tmp_path):
+    straight = fit(RegressionTask(), settings(tmp_path / "straight", optimizer="adamw", lr=0.01), progress=False)
+    fit(RegressionTask(), settings(tmp_path / "resumed", optimizer="adamw", lr=0.01, max_steps=9), progress=False)
+    resumed = fit(
+        RegressionTask(), settings(tmp_path / "resumed", optimizer="adamw", lr=0.01), resume=True, progress=False
+    )
+    assert resumed.step == straight.step
+    assert_same_state(
+        load_training_state(tmp_path / "straight" / "checkpoint.pt")["model"],
+        load_training_state(tmp_path / "resumed" / "checkpoint.pt")["model"],
+    )
+    assert straight.metrics[-1]["val_mse"] < straight.metrics[0]["val_mse"]

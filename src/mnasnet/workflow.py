@@ -58,6 +58,7 @@ class WorkflowConfig:
     qat_epochs: int = 2
     detection: bool = True
     detection_epochs: int = 3
+    detection_max_steps: int | None = None  # cut the detector's training short (--quick); None: max_steps
     detection_eval_images: int | None = 100  # None: the whole val split
     search: bool = True
     search_trials: int = 4
@@ -279,7 +280,7 @@ def _run_sections(
             lambda: sections.detection_section(
                 output / "detection",
                 epochs=config.detection_epochs,
-                max_steps=config.max_steps,
+                max_steps=config.detection_max_steps or config.max_steps,
                 eval_limit=config.detection_eval_images,
                 calibration_images=config.calibration_images,
                 npu=config.npu,

@@ -9,7 +9,8 @@ from mnasnet.workflow import WorkflowConfig, default_output
 
 QUICK = {
     "epochs": 1, "benchmark_repeats": 5, "calibration_images": 32, "held_out_images": 2,
-    "qat_epochs": 1, "detection_epochs": 1, "detection_eval_images": 16, "search_trials": 2, "search_epochs": 1,
+    "qat_epochs": 1, "detection_epochs": 1, "detection_max_steps": 40, "detection_eval_images": 16,
+    "search_trials": 2, "search_epochs": 1,
 }  # fmt: skip
 
 

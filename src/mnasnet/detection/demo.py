@@ -64,10 +64,8 @@ def detection_demo(
     if result.status == "interrupted":  # Ctrl-C or SIGTERM: the engine saved and stopped; so does the caller
         raise KeyboardInterrupt
     checkpoint = result.run_dir / "best.safetensors"
-    if not checkpoint.is_file():  # stopped by max_steps before an evaluation: keep what it learned
-        from mnasnet.detection.model import save_detector
-
-        checkpoint = save_detector(result.model, result.run_dir / "last.safetensors")
+    if not checkpoint.is_file():  # stopped by max_steps before an evaluation: the engine saved the last weights
+        checkpoint = result.run_dir / "last.safetensors"
 
     predictor = load_detection_predictor(checkpoint)
     metrics = evaluate_detector(predictor, data, limit=eval_limit)

@@ -26,7 +26,7 @@ class EngineConfig:
     accum_steps: int = 1
     max_steps: int | None = None  # stop (with a checkpoint) after this many optimizer steps in total
     # optimiser and schedule
-    optimizer: str = "rmsprop_tf"  # rmsprop_tf | sgd
+    optimizer: str = "rmsprop_tf"  # rmsprop_tf | sgd | adamw (decoupled weight decay; momentum is its beta1)
     base_lr: float = 0.016  # per base_batch images, scaled linearly with the global batch
     base_batch: int = 256
     lr: float | None = None  # an absolute peak learning rate, overriding base_lr scaling
@@ -114,7 +114,7 @@ _ENGINE_RULES: dict[str, Rule] = {
     "batch_size": at_least(1),
     "accum_steps": at_least(1),
     "max_steps": at_least(1),
-    "optimizer": one_of("rmsprop_tf", "sgd"),
+    "optimizer": one_of("rmsprop_tf", "sgd", "adamw"),
     "base_lr": positive(),
     "lr": positive(),
     "base_batch": at_least(1),

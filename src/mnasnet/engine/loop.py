@@ -8,7 +8,7 @@ Run folder layout (only rank 0 writes)::
     metrics.jsonl/.csv   one row per epoch
     tensorboard/         scalars per step and per epoch
     best.safetensors     the best evaluated weights (the EMA when on), as the task writes them
-    last.safetensors     the latest evaluated weights
+    last.safetensors     the latest weights (each epoch's, or where max_steps stopped the run)
 """
 
 from __future__ import annotations
@@ -367,6 +367,8 @@ class _Run:
                     self._save("every_n_steps")
                 if at_limit:
                     self._save("max_steps")
+                    # mid-epoch, no evaluation wrote weights yet: a run cut short still leaves usable ones
+                    self._save_weights("last.safetensors", {})
                     return "stopped"
                 requested = stop["signal"] is not None
                 if self.context.enabled and (at_log or at_save):

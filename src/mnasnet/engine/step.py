@@ -60,12 +60,19 @@ class TrainStep:
         self.device = device
         self.context = context or DistributedContext(device=device)
         self.module = model  # the bare model (EMA, checkpoints, evaluation)
-        self.decay_params, _ = split_decay_parameters(model)
+        self.decay_params, no_decay = split_decay_parameters(model)
         params = [p for p in model.parameters() if p.requires_grad]
         if config.optimizer == "rmsprop_tf":
             self.optimizer = RMSpropTF(
                 params, lr=0.0, decay=config.rmsprop_decay, momentum=config.momentum, epsilon=config.epsilon
             )
+        elif config.optimizer == "adamw":
+            # decoupled decay (scaled by the learning rate, not added to the gradient); BN parameters exempt
+            groups = [
+                {"params": self.decay_params, "weight_decay": config.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ]
+            self.optimizer = torch.optim.AdamW(groups, lr=0.0, betas=(config.momentum, 0.999))
         else:
             self.optimizer = torch.optim.SGD(params, lr=0.0, momentum=config.momentum, nesterov=config.momentum > 0)
         if config.amp == "fp16" and device.type != "cuda":
@@ -125,7 +132,8 @@ class TrainStep:
                 stats_sum[name] = stats_sum[name] + value if name in stats_sum else value
         self.scaler.unscale_(self.optimizer)
         # the reference's L2 loss term, added as its gradient (unscaled, once per step)
-        add_l2_gradient(self.decay_params, self.config.weight_decay)
+        if self.config.optimizer != "adamw":
+            add_l2_gradient(self.decay_params, self.config.weight_decay)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.scaler.step(self.optimizer)

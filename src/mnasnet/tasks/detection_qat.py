@@ -78,7 +78,8 @@ def detection_qat_config(data: str = "faces-coins", **overrides: Any) -> Detecti
     settings = {
         key: value
         for key, value in BUILTIN_SETTINGS.get(str(data), {}).items()
-        if key not in (*_ARCHITECTURE, "bn_momentum", "lr", "epochs", "warmup_epochs")
+        # the from-scratch schedule is not QAT's; the exported fake-quant graph keeps the default memory format
+        if key not in (*_ARCHITECTURE, "bn_momentum", "lr", "epochs", "warmup_epochs", "channels_last")
     }
     settings.update(QAT_SETTINGS)
     settings.update(overrides)
