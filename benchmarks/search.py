@@ -252,6 +252,12 @@ def main() -> int:
         help="a proxy setting (ProxySettings field), e.g. batch_size=16; repeatable",
     )
     parser.add_argument("--reward", default="soft", choices=("soft", "hard", "tunas"))
+    parser.add_argument(
+        "--references",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train the A1 family as reference points in the first search (the spread stage has them too)",
+    )
     parser.add_argument("--widths", type=float, nargs="+", help="width multipliers searched (default: the space's)")
     args = parser.parse_args()
     args.proxy_settings = {"epochs": args.epochs, **_proxy_overrides(args.proxy)}
@@ -269,7 +275,7 @@ def main() -> int:
         for number, controller in enumerate(args.controllers.split(",")):
             # the first search also trains the A1 family as its reference points (its plot shows them);
             # the spread stage's family stands for it in the others
-            compute = lambda c=controller, r=number == 0: _search(args, c, output, r)  # noqa: E731
+            compute = lambda c=controller, r=number == 0 and args.references: _search(args, c, output, r)  # noqa: E731
             searches[controller] = _stage(output, f"search-{controller}", compute)
         summary["search"] = {c: {k: v for k, v in s.items() if k != "front"} for c, s in searches.items()}
     if "validate" in stages and searches:

@@ -31,6 +31,7 @@ _HELP = {
     "lr": "absolute peak learning rate (overrides base-lr scaling)",
     "base_lr": "peak learning rate per base-batch images, scaled linearly with the global batch",
     "amp": "mixed precision: none, bf16 (CPU and GPU) or fp16 (GPU, with a grad scaler)",
+    "optimizer": "rmsprop_tf (the paper's), sgd or adamw (decoupled weight decay; --momentum is its beta1)",
     "channels_last": "channels-last memory format",
     "compile": "torch.compile the model",
     "workers": "data-loading worker processes per training process",

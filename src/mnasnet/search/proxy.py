@@ -78,6 +78,7 @@ class ProxySettings:
     label_smoothing: float = 0.1
     crop_min_area: float = 0.25
     hflip: bool = True
+    ema_decay: float = 0.0  # an average of the weights (and BN statistics) scored instead of the last ones
     final_eval_only: bool = True  # score the last epoch only: evaluating the large validation split costs time
     device: str = "auto"  # under Ray, a trial without --gpus-per-trial sees no GPU
 
@@ -98,15 +99,16 @@ class ProxySettings:
             warmup_epochs=self.warmup_epochs,
             weight_decay=self.weight_decay,
             label_smoothing=self.label_smoothing,
-            # the digits recipe's choices for small sets: a zero head, fast BN statistics, no EMA or dropout
+            # the digits recipe's choices for small sets: a zero head, fast BN statistics, no dropout
             zero_init_head=True,
             bn_momentum=0.1,
-            ema_decay=0.0,
+            ema_decay=self.ema_decay,
             dropout=0.0,
             crop_min_area=self.crop_min_area,
             hflip=self.hflip,
             eval_every=self.epochs if self.final_eval_only else 1,
             workers=0,  # a trial is one process: its CPUs are the search's to schedule
+            channels_last=True,  # oneDNN's layout: about half the step time of the default one at 64 pixels
             device=self.device,
             seed=seed,
             save_every=0,
