@@ -5,13 +5,14 @@ The built-in proxy is the ``photos-search`` dataset (sixteen photographs; 2,560 
 :mod:`mnasnet.data.photos_search`) at 64 pixels, 2 epochs of momentum SGD, scored once after
 the last epoch: a task where accuracy is far from saturated, so wider networks score higher,
 and a resolution where an Ethos-U NPU's estimated latencies differ by a factor of several
-across the A1 width family. One candidate costs about 25 (A1 x0.35) to 60 (x1.0) CPU-seconds
-on one thread, so two trials in parallel on two cores fit about 100 candidates in an hour.
+across the A1 width family. Trained channels-last (half the step time of the default layout
+here), one candidate costs about 15 (A1 x0.35) to 40 (x1.0) CPU-seconds on one thread.
 
 Measured with three seeds as ``benchmarks/search.py``'s ``spread`` stage does, mean (std) top-1:
-A1 x0.35 48.4 (4.1), x0.5 56.7 (2.8), x0.75 63.4 (1.9), x1.0 62.9 (4.4). Accuracy rises with
-width by more than the seed-to-seed spread from x0.35 to x0.75; x0.75 and x1.0 are not told
-apart at this budget. The previous proxy (``photos``: 400 validation patches from one stripe
+A1 x0.35 48.4 (4.1), x0.5 56.7 (2.8), x0.75 63.4 (1.9), x1.0 62.9 (4.4) (before channels-last).
+Accuracy rises with width by more than the seed-to-seed spread from x0.35 to x0.75; x0.75 and
+x1.0 are not told apart at this budget. With ``epochs=3`` (channels-last) the other end
+separates instead: x0.35 64.9 (2.9), x0.5 65.0 (4.2), x0.75 71.2 (3.3), x1.0 74.5 (0.9). The previous proxy (``photos``: 400 validation patches from one stripe
 per photo, 4 epochs, best epoch) had a spread of up to 8 points, larger than any width step.
 Rank stability (the ``rank`` stage: the family and four random samples of the space, one seed):
 Kendall tau 0.71 (p 0.014) between this proxy and a training twice as long.

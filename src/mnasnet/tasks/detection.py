@@ -153,7 +153,11 @@ _RULES = {
 # epochs (4.2 / 8.7 / 13.1 / 17.4 CPU-minutes); batch 16, lr 0.04, 14 epochs: 0.46 (17.8 CPU-minutes);
 # batch 32, lr 0.08, 12 epochs: 0.27 (17.6); batch 16, lr 0.12, 12 epochs: 0.14 (13.9). At 192 (earlier):
 # 0.28 after 20 epochs (16.2). The 16-epoch recipe at --threads 2 (quiet machine): AP50 0.40 in 16.6
-# wall-minutes (1.03 an epoch; one run, against 0.47 at 1 thread).
+# wall-minutes (1.03 an epoch; one run, against 0.47 at 1 thread). Channels-last cuts a step at 2 threads
+# from 376 to 226 ms; repeated runs of the recipe ended at AP50 0.41 (16 epochs, 1 thread) and 0.35 (18,
+# 2 threads, 13.5 minutes beside another job), so 0.47 was a good draw: the spread between runs is ~0.05.
+# Tried and slower to learn: AdamW (lr 0.002, AP50 0.28 after 8 epochs against 0.32-0.39), smaller
+# default boxes (anchor_scales 0.1-0.8: 0.26 after 12 epochs; 0.05-0.6: 0.001 after 6).
 # SSDLite's smallest default box is 0.2 of the image side: objects under ~0.1 (APs) are not found.
 BUILTIN_SETTINGS: dict[str, dict[str, Any]] = {
     "faces-coins": {
