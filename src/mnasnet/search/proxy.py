@@ -12,8 +12,9 @@ Measured with three seeds as ``benchmarks/search.py``'s ``spread`` stage does, m
 A1 x0.35 48.4 (4.1), x0.5 56.7 (2.8), x0.75 63.4 (1.9), x1.0 62.9 (4.4) (before channels-last).
 Accuracy rises with width by more than the seed-to-seed spread from x0.35 to x0.75; x0.75 and
 x1.0 are not told apart at this budget. With ``epochs=3`` (channels-last) the other end
-separates instead: x0.35 64.9 (2.9), x0.5 65.0 (4.2), x0.75 71.2 (3.3), x1.0 74.5 (0.9). The previous proxy (``photos``: 400 validation patches from one stripe
-per photo, 4 epochs, best epoch) had a spread of up to 8 points, larger than any width step.
+separates instead: x0.35 64.9 (2.9), x0.5 65.0 (4.2), x0.75 71.2 (3.3), x1.0 74.5 (0.9).
+The previous proxy (``photos``: 400 validation patches from one stripe per photo, 4 epochs,
+best epoch) had a spread of up to 8 points, larger than any width step.
 Rank stability (the ``rank`` stage: the family and four random samples of the space, one seed):
 Kendall tau 0.71 (p 0.014) between this proxy and a training twice as long.
 
