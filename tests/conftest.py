@@ -70,3 +70,52 @@ def reference_md() -> str:
     if not REFERENCE_MD.is_file():
         pytest.fail(f"reference facts not found at {REFERENCE_MD}")
     return REFERENCE_MD.read_text()
+
+
+# -- the A1 files exported once per session for test_export.py, test_npu.py, test_runtimes.py and
+# test_benchmark.py (defined here, not imported into each module: an imported fixture is the importing
+# module's own and would be computed again there). The helpers are test_export.py's.
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory):
+    """30 real-photo views as a dataset folder: val/<label>/<image>.png (3 views per class)."""
+    from test_export import write_photo_folder
+
+    return write_photo_folder(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture(scope="session")
+def photo_batch():
+    """The same 30 views, preprocessed for the A1 below (float32 NCHW)."""
+    from test_export import preprocessed_photos
+
+    return preprocessed_photos()
+
+
+@pytest.fixture(scope="session")
+def a1_checkpoint(tmp_path_factory, photo_batch):
+    from test_export import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("a1") / "a1.safetensors", "a1", photo_batch)
+
+
+@pytest.fixture(scope="session")
+def onnx_fp32(a1_checkpoint):
+    from mnasnet.deploy import export_onnx
+
+    return export_onnx(a1_checkpoint, a1_checkpoint.with_name("a1_fp32.onnx"))
+
+
+@pytest.fixture(scope="session")
+def tflite_fp32(a1_checkpoint):
+    from mnasnet.deploy import export_tflite
+
+    return export_tflite(a1_checkpoint, a1_checkpoint.with_name("a1_fp32.tflite"))
+
+
+@pytest.fixture(scope="session")
+def tflite_int8(a1_checkpoint, photo_folder):
+    from mnasnet.deploy import export_tflite
+
+    return export_tflite(a1_checkpoint, a1_checkpoint.with_name("a1_int8.tflite"), int8=True, calibration=photo_folder)

@@ -1,10 +1,11 @@
 """Export round trips: ONNX and TFLite, float32 and int8, against the PyTorch model they came from.
 
 One small A1 (x0.35 at 64 px, 10 classes) is exported once per format for the
-whole session (the fixtures below are shared with test_runtimes.py and
-test_npu.py). Its BN statistics come from real photos (skimage.data), so
-activations have the spread a trained network has; weights are random, which
-makes int8 noisier than on a trained model, hence the int8 thresholds below.
+whole session (the fixtures are in conftest.py, shared with test_runtimes.py,
+test_npu.py and test_benchmark.py; the helpers they use are below). Its BN
+statistics come from real photos (skimage.data), so activations have the spread
+a trained network has; weights are random, which makes int8 noisier than on a
+trained model, hence the int8 thresholds below.
 """
 
 from __future__ import annotations
@@ -55,23 +56,6 @@ def photo_views():
     return views
 
 
-@pytest.fixture(scope="session")
-def photo_folder(tmp_path_factory):
-    """The photo views as a dataset folder: val/<label>/<image>.png (3 views per class)."""
-    root = tmp_path_factory.mktemp("photos")
-    for index, image in enumerate(photo_views()):
-        folder = root / "val" / LABELS[index % len(LABELS)]
-        folder.mkdir(parents=True, exist_ok=True)
-        image.save(folder / f"view{index:02d}.png")
-    return root
-
-
-@pytest.fixture(scope="session")
-def photo_batch():
-    transform = build_eval_transform(Preprocess.for_resolution(RESOLUTION))
-    return np.stack([transform(image).numpy() for image in photo_views()])
-
-
 def realistic_bn(model: torch.nn.Module, images: np.ndarray) -> torch.nn.Module:
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -108,24 +92,31 @@ def make_checkpoint(path, arch: str, photo_batch: np.ndarray, seed: int = 0):
     return path
 
 
-@pytest.fixture(scope="session")
-def a1_checkpoint(tmp_path_factory, photo_batch):
-    return make_checkpoint(tmp_path_factory.mktemp("a1") / "a1.safetensors", "a1", photo_batch)
+def write_photo_folder(root):
+    """The photo views as a dataset folder: val/<label>/<image>.png (3 views per class)."""
+    for index, image in enumerate(photo_views()):
+        folder = root / "val" / LABELS[index % len(LABELS)]
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"view{index:02d}.png")
+    return root
 
 
-@pytest.fixture(scope="session")
-def onnx_fp32(a1_checkpoint):
-    return export_onnx(a1_checkpoint, a1_checkpoint.with_name("a1_fp32.onnx"))
+def preprocessed_photos() -> np.ndarray:
+    transform = build_eval_transform(Preprocess.for_resolution(RESOLUTION))
+    return np.stack([transform(image).numpy() for image in photo_views()])
 
 
-@pytest.fixture(scope="session")
-def tflite_fp32(a1_checkpoint):
-    return export_tflite(a1_checkpoint, a1_checkpoint.with_name("a1_fp32.tflite"))
+# The session fixtures built from these helpers (photo_folder, photo_batch, a1_checkpoint, onnx_fp32,
+# tflite_fp32, tflite_int8) are in conftest.py: a fixture imported into a module is that module's own
+# fixture, so each module importing them from here exported the same files again. An old
+# `from test_export import a1_checkpoint` still imports (as None) and the test gets conftest's fixture.
+_FIXTURES_IN_CONFTEST = {"photo_folder", "photo_batch", "a1_checkpoint", "onnx_fp32", "tflite_fp32", "tflite_int8"}
 
 
-@pytest.fixture(scope="session")
-def tflite_int8(a1_checkpoint, photo_folder):
-    return export_tflite(a1_checkpoint, a1_checkpoint.with_name("a1_int8.tflite"), int8=True, calibration=photo_folder)
+def __getattr__(name: str):
+    if name in _FIXTURES_IN_CONFTEST:
+        return None
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def torch_logits(checkpoint, images: np.ndarray) -> np.ndarray:
@@ -258,11 +249,14 @@ def test_cli_bad_inputs_exit_2_with_one_line(a1_checkpoint, tmp_path):
         ("export", "--weights", str(corrupt), str(tmp_path / "x.onnx")),
         ("export", "--weights", str(a1_checkpoint), str(tmp_path / "x.bin")),
     ]
-    for args in cases:
-        result = run_cli(*args)
-        assert result.returncode == 2, (args, result.stderr)
-        assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
-        assert "error:" in result.stderr
+    # the four commands run side by side (each spends its time starting Python and importing torch)
+    running = [subprocess.Popen([sys.executable, "-m", "mnasnet", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for args in cases]  # fmt: skip
+    for args, process in zip(cases, running, strict=True):
+        _, stderr = process.communicate()
+        assert process.returncode == 2, (args, stderr)
+        assert "Traceback" not in stderr and stderr.strip().count("\n") == 0, stderr
+        assert "error:" in stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["corrupt.safetensors"]
 
 

@@ -10,12 +10,12 @@ import pytest
 from mnasnet.deploy import export_tflite  # noqa: E402
 from mnasnet.deploy.npu import operator_counts, vela_report  # noqa: E402
 from mnasnet.errors import CheckpointError  # noqa: E402
-from test_export import a1_checkpoint, make_checkpoint, photo_batch, photo_folder, tflite_int8  # noqa: E402, F401
+from test_export import make_checkpoint  # noqa: E402
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("accelerator", ["ethos-u65-256", "ethos-u55-128"])
-def test_a1_int8_runs_entirely_on_the_npu(tflite_int8, accelerator):  # noqa: F811
+def test_a1_int8_runs_entirely_on_the_npu(tflite_int8, accelerator):
     report = vela_report(tflite_int8, accelerator)
     assert report.cpu_operators == 0, report.format()
     assert report.cpu_fallback == []
@@ -27,16 +27,18 @@ def test_a1_int8_runs_entirely_on_the_npu(tflite_int8, accelerator):  # noqa: F8
 
 
 @pytest.mark.slow
-def test_b1_per_tensor_int8_runs_entirely_on_the_npu(tmp_path, photo_batch, photo_folder):  # noqa: F811
+def test_b1_per_tensor_int8_runs_entirely_on_the_npu(tmp_path, photo_batch, photo_folder):
     checkpoint = make_checkpoint(tmp_path / "b1.safetensors", "b1", photo_batch)
-    out = export_tflite(checkpoint, tmp_path / "b1_int8.tflite", int8=True, calibration=photo_folder, per_channel=False)
+    # a few calibration images: what is checked is where the operators run, not the int8 accuracy
+    out = export_tflite(checkpoint, tmp_path / "b1_int8.tflite", int8=True, calibration=photo_folder,
+                        calibration_limit=4, per_channel=False)  # fmt: skip
     operators = operator_counts(out)
     assert "LOGISTIC" not in operators and operators["ADD"] > 0  # B1: no SE, residual adds in int8
     report = vela_report(out, "ethos-u65-256")
     assert report.cpu_operators == 0, report.format()
 
 
-def test_npu_report_cli_and_bad_file(tflite_int8, tmp_path):  # noqa: F811
+def test_npu_report_cli_and_bad_file(tflite_int8, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "mnasnet", "npu-report", str(tflite_int8), "--accelerator", "ethos-u65-256"],
         capture_output=True, text=True,
@@ -51,10 +53,10 @@ def test_npu_report_cli_and_bad_file(tflite_int8, tmp_path):  # noqa: F811
 
 @pytest.mark.slow
 def test_target_picks_average_pooling_which_also_runs_entirely_on_the_npu(
-    a1_checkpoint,  # noqa: F811
-    photo_folder,  # noqa: F811
-    photo_batch,  # noqa: F811
-    tflite_int8,  # noqa: F811
+    a1_checkpoint,
+    photo_folder,
+    photo_batch,
+    tflite_int8,
     tmp_path,
 ):
     from mnasnet.cli import main

@@ -11,19 +11,11 @@ from mnasnet.errors import CheckpointError  # noqa: E402
 from mnasnet.evaluate import evaluate  # noqa: E402
 from mnasnet.predict import predict_images  # noqa: E402
 from mnasnet.runtime import load_predictor  # noqa: E402
-from test_export import (  # noqa: E402, F401
-    LABELS,
-    a1_checkpoint,
-    onnx_fp32,
-    photo_batch,
-    photo_folder,
-    tflite_fp32,
-    tflite_int8,
-)
+from test_export import LABELS  # noqa: E402
 
 
 @pytest.mark.parametrize("exported", ["onnx_fp32", "tflite_fp32"])
-def test_predict_and_evaluate_give_the_pytorch_top_k(exported, request, a1_checkpoint, photo_folder):  # noqa: F811
+def test_predict_and_evaluate_give_the_pytorch_top_k(exported, request, a1_checkpoint, photo_folder):
     path = request.getfixturevalue(exported)
     reference, predictor = load_predictor(a1_checkpoint), load_predictor(path)
     assert isinstance(predictor, OnnxPredictor if path.suffix == ".onnx" else LiteRTPredictor)
@@ -42,7 +34,7 @@ def test_predict_and_evaluate_give_the_pytorch_top_k(exported, request, a1_check
     assert evaluate(predictor, photo_folder)["top1"] == evaluate(reference, photo_folder)["top1"]
 
 
-def test_int8_predictor_quantises_with_the_files_own_parameters(tflite_int8, photo_batch):  # noqa: F811
+def test_int8_predictor_quantises_with_the_files_own_parameters(tflite_int8, photo_batch):
     predictor = load_predictor(tflite_int8)
     scale, zero_point = predictor.input["quantization"]
     quantised = quantize_input(photo_batch, scale, zero_point)
@@ -55,7 +47,7 @@ def test_int8_predictor_quantises_with_the_files_own_parameters(tflite_int8, pho
     assert logits.dtype == np.float32 and logits.shape == (3, len(LABELS))
 
 
-def test_batch_sizes_other_than_the_files(tflite_fp32, photo_batch):  # noqa: F811
+def test_batch_sizes_other_than_the_files(tflite_fp32, photo_batch):
     predictor = load_predictor(tflite_fp32)  # a batch-1 file
     together = predictor(photo_batch[:4])
     one_by_one = np.concatenate([predictor(photo_batch[i : i + 1]) for i in range(4)])
