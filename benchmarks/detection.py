@@ -51,7 +51,7 @@ def part_learning(args: argparse.Namespace) -> dict:
         for key in (
             "epochs", "size", "arch", "lr", "batch_size", "anchor_scales", "width",
             "min_lr", "warmup_epochs", "ema_decay", "bn_momentum", "photometric", "zoom_out", "channels_last",
-            "optimizer", "weight_decay", "momentum",
+            "optimizer", "weight_decay", "momentum", "stride8_map",
         )
         if getattr(args, key) is not None
     }  # fmt: skip
@@ -410,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     learning.add_argument("--bn-momentum", dest="bn_momentum", type=float)
     learning.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=None)
     learning.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None)
+    learning.add_argument("--stride8-map", dest="stride8_map", action=argparse.BooleanOptionalAction, default=None)
     learning.add_argument("--zoom-out", dest="zoom_out", action=argparse.BooleanOptionalAction, default=None)
     deploy = parser.add_argument_group("int8 and side-by-side")
     deploy.add_argument("--weights", help="int8: a trained faces-coins detector (default: train the defaults here)")

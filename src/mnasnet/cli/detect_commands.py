@@ -66,6 +66,13 @@ def _register_train(commands) -> None:
         default=suppress,
         help="SSDLite default-box sides as fractions of the image side (default 0.2 0.95; lower for small objects)",
     )
+    train.add_argument(
+        "--stride8-map",
+        dest="stride8_map",
+        action=argparse.BooleanOptionalAction,
+        default=suppress,
+        help="SSDLite also predicts on the backbone's stride-8 map, for small objects (default boxes from 0.08)",
+    )
     train.add_argument("--epochs", type=positive_int, default=suppress)
     train.add_argument("--batch-size", dest="batch_size", type=positive_int, default=suppress)
     train.add_argument("--lr", type=float, default=suppress, help="peak learning rate")

@@ -30,7 +30,7 @@ from torch import nn
 from mnasnet.checkpoint import MAX_HEADER_BYTES
 from mnasnet.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from mnasnet.detection import DetectionError
-from mnasnet.detection.anchors import DefaultBoxes, GridAnchors, anchors_from_dict
+from mnasnet.detection.anchors import SSDLITE_ASPECT_RATIOS, DefaultBoxes, GridAnchors, anchors_from_dict
 from mnasnet.detection.losses import retinanet_loss, ssd_loss
 from mnasnet.detection.postprocess import Detections, retinanet_postprocess, ssd_postprocess
 from mnasnet.detection.retinanet import RetinaNet
@@ -71,6 +71,9 @@ HEADS: dict[str, dict[str, Any]] = {
         "detections_per_image": 300,
     },
 }
+# With the stride-8 map SSDLite's smallest default box is 0.08 of the image side (20 px at 256, about the
+# smallest faces-coins object), not 0.2: the denser grid is there for the objects the other maps miss.
+STRIDE8_ANCHOR_SCALES = (0.08, 0.95)
 MAX_CLASSES = 10_000
 MAX_SIZE = 4096
 MAX_CANDIDATES = 100_000
@@ -102,6 +105,10 @@ class DetectorConfig:
         anchor_scales: SSDLite only: the smallest and largest default-box sides relative to the
             image side, ``(min_ratio, max_ratio)``; ``None`` is torchvision's ``(0.2, 0.95)``, which
             finds nothing smaller than about a tenth of the image. Lower the first for small objects.
+        stride8_map: SSDLite only: also predict on the backbone's stride-8 map (first, seven maps in
+            all), whose denser grid can place default boxes on objects a few percent of the image
+            side; its default boxes then start at ``STRIDE8_ANCHOR_SCALES`` unless ``anchor_scales``
+            is given. Off, the design is torchvision's.
     """
 
     head: str
@@ -116,6 +123,7 @@ class DetectorConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     anchor_scales: tuple[float, float] | None = None
+    stride8_map: bool = False
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -149,6 +157,10 @@ class DetectorConfig:
         if min(self.std) <= 0:
             raise DetectionError(f"std must be positive, got {self.std}")
         self._check_anchor_scales()
+        if not isinstance(self.stride8_map, bool):
+            raise DetectionError(f"stride8_map must be true or false, got {self.stride8_map!r}")
+        if self.stride8_map and self.head != "ssdlite":
+            raise DetectionError("stride8_map adds a map to SSDLite; RetinaNet-FPN reads stride 8 already")
 
     def _check_anchor_scales(self) -> None:
         scales = self.anchor_scales
@@ -178,9 +190,12 @@ class DetectorConfig:
         """SSDLite's default boxes (torchvision's, or spanning ``anchor_scales``) or RetinaNet's grid anchors."""
         if self.head == "retinanet":
             return GridAnchors()
-        if self.anchor_scales is None:
+        if not self.stride8_map and self.anchor_scales is None:
             return DefaultBoxes()
-        return DefaultBoxes(min_ratio=self.anchor_scales[0], max_ratio=self.anchor_scales[1])
+        default = STRIDE8_ANCHOR_SCALES if self.stride8_map else (DefaultBoxes.min_ratio, DefaultBoxes.max_ratio)
+        low, high = self.anchor_scales or default
+        levels = len(SSDLITE_ASPECT_RATIOS) + int(self.stride8_map)
+        return DefaultBoxes(aspect_ratios=SSDLITE_ASPECT_RATIOS[:1] * levels, min_ratio=low, max_ratio=high)
 
     def to_dict(self) -> dict[str, Any]:
         data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
@@ -191,6 +206,8 @@ class DetectorConfig:
             del data["anchor_scales"]  # files stay readable by versions without the setting
         else:
             data["anchor_scales"] = list(self.anchor_scales)
+        if not self.stride8_map:
+            del data["stride8_map"]
         return data
 
     @classmethod
@@ -216,14 +233,19 @@ class DetectorConfig:
         return cls(**{**data, "backbone": backbone})
 
 
-def _tap_names(head: str, backbone: MnasNet) -> list[str]:
-    """The backbone maps a head reads: SSDLite the first stride-32 expansion and the last map; RetinaNet C3-C5."""
+def _tap_names(config: DetectorConfig, backbone: MnasNet) -> list[str]:
+    """The backbone maps a head reads: SSDLite the first stride-32 expansion and the last map (after the
+    stride-8 map with ``stride8_map``); RetinaNet C3-C5."""
     info = {tap["name"]: tap for tap in backbone.feature_info}
-    if head == "ssdlite":
+    if config.head == "ssdlite":
         expand = [tap["name"] for tap in backbone.feature_info if tap["expanded"]]
         if not expand:
             raise DetectionError("SSDLite needs a strided block with an expansion layer (expand_ratio > 1) to tap")
-        return [expand[0], "head"]
+        if not config.stride8_map:
+            return [expand[0], "head"]
+        if "stride8" not in info:
+            raise DetectionError("stride8_map needs a backbone map at stride 8")
+        return ["stride8", expand[0], "head"]
     names = ["stride8", "stride16", "stride32"]
     missing = [name for name in names if name not in info]
     if missing:
@@ -248,7 +270,7 @@ class Detector(nn.Module):
         elif backbone.config != config.backbone:
             raise DetectionError("the backbone given does not match config.backbone")
         self.config = config
-        self.tap_names = _tap_names(config.head, backbone)
+        self.tap_names = _tap_names(config, backbone)
         channels = [backbone.feature_channels[name] for name in self.tap_names]
         # Detection reads feature maps only: drop the classifier, and RetinaNet's unused 1280-channel head conv.
         backbone.dropout = nn.Identity()
@@ -467,7 +489,7 @@ def create_detector(
             :func:`mnasnet.create_model`); its classifier is dropped, and its normalisation kept.
         labels: class names, background first.
         **settings: ``score_threshold``, ``nms_threshold``, ``topk_candidates``, ``detections_per_image``,
-            ``anchor_scales``.
+            ``anchor_scales``, ``stride8_map``.
     """
     from mnasnet.factory import create_model
 
@@ -479,7 +501,7 @@ def create_detector(
     if source is None and backbone_weights is None:
         source = "a1"
     backbone = create_model(source, width_multiplier=width_multiplier, weights=backbone_weights)
-    known = {"score_threshold", "nms_threshold", "topk_candidates", "detections_per_image", "anchor_scales"}
+    known = set(HEADS["ssdlite"]) - {"size"} | {"anchor_scales", "stride8_map"}
     unknown = set(settings) - known
     if unknown:
         raise DetectionError(f"unknown detector settings: {sorted(unknown)}")

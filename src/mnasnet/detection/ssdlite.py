@@ -110,9 +110,9 @@ class SSDLite(nn.Module):
     """Extra blocks and prediction head on two backbone maps.
 
     Args:
-        in_channels: channels of the two backbone maps, ``(expand, last)``.
+        in_channels: channels of the backbone maps, ``(expand, last)``, or ``(stride8, expand, last)``.
         num_classes: class outputs, background (index 0) included.
-        num_anchors: anchors per location on each of the six maps.
+        num_anchors: anchors per location on each map (the backbone's, then the four extra blocks').
     """
 
     def __init__(
@@ -123,14 +123,14 @@ class SSDLite(nn.Module):
         extra_channels: Sequence[int] = EXTRA_CHANNELS,
     ) -> None:
         super().__init__()
-        expand_channels, last_channels = in_channels
+        *tap_channels, last_channels = in_channels
         widths = [last_channels, *extra_channels]
         self.extra = nn.ModuleList(extra_block(i, o) for i, o in zip(widths[:-1], widths[1:], strict=True))
         _normal_init(self.extra)
-        self.head = SSDLiteHead([expand_channels, *widths], num_anchors, num_classes)
+        self.head = SSDLiteHead([*tap_channels, *widths], num_anchors, num_classes)
 
     def feature_maps(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The six maps the head predicts on: the two backbone maps, then the extra blocks'."""
+        """The maps the head predicts on: the backbone's, then the extra blocks'."""
         maps = list(features)
         x = maps[-1]
         for block in self.extra:

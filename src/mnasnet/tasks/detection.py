@@ -46,6 +46,7 @@ class DetectionTrainConfig:
     size: int | None = None  # the square input side; default 320 (SSDLite) or 640 (RetinaNet)
     weights: str | None = None  # a classification checkpoint or registry name for the backbone
     anchor_scales: tuple[float, float] | None = None  # SSDLite's smallest and largest box side / image side
+    stride8_map: bool = False  # SSDLite also predicts on the stride-8 map (small objects)
     # augmentation (SSD): IoU crop and flip always; the "ssd" recipe adds these two
     photometric: bool = False
     zoom_out: bool = False
@@ -81,6 +82,8 @@ class DetectionTrainConfig:
             raise ConfigError(f"size must be a multiple of 32 (the backbone's stride), got {self.size}")
         if self.anchor_scales is not None and self.head != "ssdlite":
             raise ConfigError("anchor_scales sets SSDLite's default boxes; RetinaNet's anchors are fixed pixel sizes")
+        if self.stride8_map and self.head != "ssdlite":
+            raise ConfigError("stride8_map adds a map to SSDLite; RetinaNet-FPN reads stride 8 already")
         return self
 
     def engine_config(self) -> EngineConfig:
@@ -122,6 +125,7 @@ class DetectionTrainConfig:
 
 _RULES = {
     "head": one_of("ssdlite", "retinanet"),
+    "stride8_map": (lambda v: isinstance(v, bool), "true or false"),
     "width": positive(),
     "size": (
         lambda v: isinstance(v, int) and not isinstance(v, bool) and 64 <= v <= 2048,
@@ -182,6 +186,7 @@ def detection_config(data: str = "faces-coins", **overrides: Any) -> DetectionTr
         settings.pop("arch", None)  # the backbone comes from the weights; a tuned size stays
     if overrides.get("head") == "retinanet":
         settings.pop("anchor_scales", None)  # RetinaNet's anchors are fixed pixel sizes
+        settings.pop("stride8_map", None)
     settings.update(overrides)
     return DetectionTrainConfig.from_dict({"data": str(data), **settings}).validate()
 
@@ -279,6 +284,7 @@ class DetectionTask(Task):
             backbone_weights=config.weights,
             labels=["background", *self.train_data.class_names],
             anchor_scales=tuple(config.anchor_scales) if config.anchor_scales else None,
+            stride8_map=config.stride8_map,
         )
         if config.bn_momentum is not None:
             for module in model.modules():

@@ -48,7 +48,7 @@ INITIAL_RANGE_IMAGES = 32  # training images (evaluation transform) that set the
 QAT_SETTINGS: dict[str, Any] = {"epochs": 3, "lr": 0.005, "warmup_epochs": 0.0, "schedule": "cosine"}
 
 # Settings the detector checkpoint fixes: QAT trains its graph as it is.
-_ARCHITECTURE = ("arch", "width", "size", "anchor_scales")
+_ARCHITECTURE = ("arch", "width", "size", "anchor_scales", "stride8_map")
 
 
 @dataclasses.dataclass
@@ -64,7 +64,7 @@ class DetectionQatConfig(DetectionTrainConfig):
             raise ConfigError("DetectionQatConfig is for quantisation-aware training (qat: true)")
         if not self.weights:
             raise ConfigError("--qat fine-tunes a trained detector: pass --weights DETECTOR_CHECKPOINT")
-        fixed = [name for name in _ARCHITECTURE if getattr(self, name) is not None]
+        fixed = [name for name in _ARCHITECTURE if getattr(self, name) not in (None, False)]
         if fixed:
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in fixed)
             raise ConfigError(f"with --qat the detector checkpoint fixes the architecture: drop {flags}")
