@@ -270,3 +270,21 @@ def test_cli_export_onnx_int8_prints_accuracy_comparison(a1_checkpoint, photo_fo
     assert result.returncode == 0, result.stderr
     assert "pytorch float32" in result.stdout and "onnxruntime-int8" in result.stdout and "(30 images" in result.stdout
     assert json.loads(json.dumps(read_metadata(out).quantization))["format"] == "QDQ"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--int8"], "int8 export needs calibration images"),
+        (["--calibration", "digits"], "--calibration only applies to int8 exports"),
+        (["--pooling", "mean"], "--pooling applies to TFLite exports"),
+    ],
+)
+def test_flag_errors_come_before_the_weights_are_opened(tmp_path, capsys, flags, message):
+    """A registry name would start a download: a mistake in the flags is reported first."""
+    from mnasnet.cli import main
+
+    code = main(["export", "--weights", str(tmp_path / "missing.safetensors"), str(tmp_path / "x.onnx"), *flags])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert list(tmp_path.iterdir()) == []

@@ -79,7 +79,7 @@ def _runtimes() -> tuple[str, ...]:
 
 def _export(args: argparse.Namespace) -> int:
     from mnasnet.deploy import DeployError, export_onnx, export_tflite
-    from mnasnet.deploy.common import check_export_packages, open_model
+    from mnasnet.deploy.common import check_calibration_given, check_export_packages, open_model
 
     out = Path(args.out)
     fmt = args.format or out.suffix.lower().lstrip(".")
@@ -89,7 +89,10 @@ def _export(args: argparse.Namespace) -> int:
         raise DeployError(f"--format {args.format} writes a .{args.format} file, not {out.name}")
     if args.target and not (fmt == "tflite" and args.int8):
         raise DeployError("--target (an Ethos-U NPU) needs an int8 TFLite export: --format tflite --int8")
-    check_export_packages(fmt, args.int8)  # before opening (perhaps downloading) the weights
+    if args.pooling and fmt != "tflite":
+        raise DeployError("--pooling applies to TFLite exports")
+    check_calibration_given(args.calibration, int8=args.int8)  # before opening (perhaps downloading) the weights
+    check_export_packages(fmt, args.int8)
     model = open_model(args.weights)
     options = {"int8": args.int8, "calibration": args.calibration, "per_channel": not args.per_tensor}
     if args.batch is not None:
@@ -98,8 +101,6 @@ def _export(args: argparse.Namespace) -> int:
         options["layout"] = args.layout
     if args.calibration_images:
         options["calibration_limit"] = args.calibration_images
-    if args.pooling and fmt != "tflite":
-        raise DeployError("--pooling applies to TFLite exports")
     if fmt == "tflite":
         options["pooling"] = args.pooling or ("avgpool" if args.target else "mean")
     exporter = export_onnx if fmt == "onnx" else export_tflite

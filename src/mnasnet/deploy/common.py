@@ -42,19 +42,24 @@ def parse_batch(batch: int | str | None, *, allow_dynamic: bool, fmt: str) -> in
     return check_batch_size(value, "--batch")
 
 
-def calibration_set(
-    model: MnasNet, calibration: str | os.PathLike | np.ndarray | None, *, limit: int, int8: bool
-) -> np.ndarray | None:
-    """The calibration images (float32 NCHW) for an int8 export, or ``None`` for a float one."""
-    if not int8:
-        if calibration is not None:
-            raise DeployError("--calibration only applies to int8 exports: add --int8")
-        return None
-    if calibration is None:
+def check_calibration_given(calibration: object, *, int8: bool) -> None:
+    """Calibration images go with an int8 export and only with one."""
+    if not int8 and calibration is not None:
+        raise DeployError("--calibration only applies to int8 exports: add --int8")
+    if int8 and calibration is None:
         raise DeployError(
             "int8 export needs calibration images: --calibration FOLDER (searched recursively) "
             "or the name of a built-in dataset (digits)"
         )
+
+
+def calibration_set(
+    model: MnasNet, calibration: str | os.PathLike | np.ndarray | None, *, limit: int, int8: bool
+) -> np.ndarray | None:
+    """The calibration images (float32 NCHW) for an int8 export, or ``None`` for a float one."""
+    check_calibration_given(calibration, int8=int8)
+    if not int8:
+        return None
     if isinstance(calibration, np.ndarray):
         return calibration.astype(np.float32)
     return load_calibration_images(calibration, model.preprocess, limit=limit)
