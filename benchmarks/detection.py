@@ -50,11 +50,13 @@ def part_learning(args: argparse.Namespace) -> dict:
         key: getattr(args, key)
         for key in (
             "epochs", "size", "arch", "lr", "batch_size", "anchor_scales", "width",
-            "min_lr", "warmup_epochs", "ema_decay", "bn_momentum", "photometric", "zoom_out", "channels_last",
-            "optimizer", "weight_decay", "momentum", "stride8_map",
+            "min_lr", "warmup_epochs", "ema_decay", "bn_momentum", "photometric", "zoom_out", "iou_crop",
+            "channels_last", "optimizer", "weight_decay", "momentum", "stride8_map",
         )
         if getattr(args, key) is not None
     }  # fmt: skip
+    if args.backbone_weights:
+        overrides["weights"] = args.backbone_weights
     output = args.output or tempfile.mkdtemp(prefix="det-learning-")
     config = detection_config("faces-coins", output=str(Path(output) / "run"), eval_every=args.eval_every, **overrides)
     print(f"config: {json.dumps({k: v for k, v in config.to_dict().items() if v is not None})}", flush=True)
@@ -409,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     learning.add_argument("--ema-decay", dest="ema_decay", type=float)
     learning.add_argument("--bn-momentum", dest="bn_momentum", type=float)
     learning.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=None)
+    learning.add_argument("--iou-crop", dest="iou_crop", action=argparse.BooleanOptionalAction, default=None)
     learning.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None)
+    learning.add_argument("--backbone-weights", dest="backbone_weights", help="a classification checkpoint")
     learning.add_argument("--stride8-map", dest="stride8_map", action=argparse.BooleanOptionalAction, default=None)
     learning.add_argument("--zoom-out", dest="zoom_out", action=argparse.BooleanOptionalAction, default=None)
     deploy = parser.add_argument_group("int8 and side-by-side")

@@ -78,6 +78,23 @@ def test_channels_last_reaches_the_engine_and_trains(tiny_data, tmp_path):
     assert "channels_last: true" in (tmp_path / "cl" / "config.yaml").read_text()
 
 
+@pytest.mark.parametrize("iou_crop", [True, False])
+def test_iou_crop_setting_reaches_the_training_pipeline(tiny_data, tmp_path, iou_crop):
+    from mnasnet.cli import main
+    from mnasnet.engine.distributed import DistributedContext
+    from mnasnet.tasks.detection import DetectionTask
+
+    task = DetectionTask(_config(tiny_data, tmp_path / "run", iou_crop=iou_crop))
+    task.setup(DistributedContext())
+    task.build_model()
+    assert ("IoUCrop" in repr(task.train_set.transform)) == iou_crop
+    flag = "--iou-crop" if iou_crop else "--no-iou-crop"
+    args = ["detect", "train", "--data", str(tiny_data), "--output", str(tmp_path / "cli"), "--arch", "small"]
+    args += ["--size", "64", "--batch-size", "4", "--workers", "0", "--max-steps", "1", "--quiet", flag]
+    assert main(args) == 0
+    assert f"iou_crop: {str(iou_crop).lower()}" in (tmp_path / "cli" / "config.yaml").read_text()
+
+
 def test_bad_settings_raise_config_errors(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="size"):
         _config(tiny_data, tmp_path, size=100)

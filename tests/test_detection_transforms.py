@@ -175,8 +175,13 @@ def test_zoom_out_places_image_on_mean_canvas() -> None:
 
 @pytest.mark.parametrize(
     "pipeline",
-    [T.ssd_train_transform(96), T.retinanet_train_transform(96), T.retinanet_train_transform(96, letterbox=False)],
-    ids=["ssd", "retinanet-letterbox", "retinanet-resize"],
+    [
+        T.ssd_train_transform(96),
+        T.ssd_train_transform(96, iou_crop=False),
+        T.retinanet_train_transform(96),
+        T.retinanet_train_transform(96, letterbox=False),
+    ],
+    ids=["ssd", "ssd-no-crop", "retinanet-letterbox", "retinanet-resize"],
 )
 def test_pipelines_are_seeded_and_track_the_box_map(pipeline) -> None:
     sample = _sample(height=120, width=160)
@@ -202,3 +207,16 @@ def test_eval_transform_matches_torchvision_resize_on_image_and_boxes(tv) -> Non
     torch.testing.assert_close(out.image, expected, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="input size"):
         T.eval_transform(0)
+
+
+def test_ssd_pipeline_without_the_crop_keeps_every_box_and_the_whole_image() -> None:
+    pipeline = T.ssd_train_transform(96, photometric=False, zoom_out=False, iou_crop=False)
+    assert "IoUCrop" not in repr(pipeline) and "IoUCrop" in repr(T.ssd_train_transform(96))
+    sample = _sample(height=120, width=160)
+    resized = T.Resize(96)(sample, np.random.default_rng(0))
+    for seed in range(6):
+        out = pipeline(sample, np.random.default_rng(seed))
+        assert len(out.boxes) == len(sample.boxes)
+        # either the plain resize or its mirror image (flipped before resizing: equal up to rounding)
+        candidates = (out.image, out.image.flip(-1))
+        assert any(torch.allclose(image, resized.image, atol=1e-5) for image in candidates)

@@ -73,6 +73,13 @@ def _register_train(commands) -> None:
         default=suppress,
         help="SSDLite also predicts on the backbone's stride-8 map, for small objects (default boxes from 0.08)",
     )
+    train.add_argument(
+        "--iou-crop",
+        dest="iou_crop",
+        action=argparse.BooleanOptionalAction,
+        default=suppress,
+        help="SSD's random IoU crop augmentation (default on; off trains on whole images, faster on short runs)",
+    )
     train.add_argument("--epochs", type=positive_int, default=suppress)
     train.add_argument("--batch-size", dest="batch_size", type=positive_int, default=suppress)
     train.add_argument("--lr", type=float, default=suppress, help="peak learning rate")

@@ -47,9 +47,10 @@ class DetectionTrainConfig:
     weights: str | None = None  # a classification checkpoint or registry name for the backbone
     anchor_scales: tuple[float, float] | None = None  # SSDLite's smallest and largest box side / image side
     stride8_map: bool = False  # SSDLite also predicts on the stride-8 map (small objects)
-    # augmentation (SSD): IoU crop and flip always; the "ssd" recipe adds these two
+    # augmentation (SSD): IoU crop and flip; the "ssd" recipe adds photometric and zoom-out
     photometric: bool = False
     zoom_out: bool = False
+    iou_crop: bool = True  # SSD's random IoU crop (off: the whole image, resized)
     letterbox: bool = True  # RetinaNet: keep the aspect ratio (pad) when resizing
     # length, batch and optimiser
     epochs: int = 60
@@ -307,7 +308,7 @@ class DetectionTask(Task):
         size, mean, std = detector.size, detector.mean, detector.std
         if detector.head == "ssdlite":
             train_transform = ssd_train_transform(
-                size, photometric=config.photometric, zoom_out=config.zoom_out, fill=mean
+                size, photometric=config.photometric, zoom_out=config.zoom_out, iou_crop=config.iou_crop, fill=mean
             )
         else:
             train_transform = retinanet_train_transform(size, letterbox=config.letterbox, fill=mean)

@@ -386,16 +386,20 @@ def ssd_train_transform(
     *,
     photometric: bool = True,
     zoom_out: bool = True,
+    iou_crop: bool = True,
     fill: Sequence[float] = IMAGENET_MEAN,
 ) -> Compose:
     """SSD's training augmentation (torchvision reference ``"ssd"``; without photometric and
-    zoom-out it is the ``"ssdlite"`` recipe), then the resize to ``size x size``."""
+    zoom-out it is the ``"ssdlite"`` recipe), then the resize to ``size x size``. ``iou_crop=False``
+    leaves out the random crop, which short schedules may not need."""
     steps: list[Transform] = []
     if photometric:
         steps.append(PhotometricDistort())
     if zoom_out:
         steps.append(ZoomOut(fill=fill))
-    steps += [IoUCrop(), HorizontalFlip(), Resize(_check_size(size))]
+    if iou_crop:
+        steps.append(IoUCrop())
+    steps += [HorizontalFlip(), Resize(_check_size(size))]
     return Compose(steps)
 
 
