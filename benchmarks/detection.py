@@ -51,7 +51,7 @@ def part_learning(args: argparse.Namespace) -> dict:
         for key in (
             "epochs", "size", "arch", "lr", "batch_size", "anchor_scales", "width",
             "min_lr", "warmup_epochs", "ema_decay", "bn_momentum", "photometric", "zoom_out", "iou_crop",
-            "channels_last", "optimizer", "weight_decay", "momentum", "stride8_map",
+            "channels_last", "optimizer", "weight_decay", "momentum", "stride8_map", "seed",
         )
         if getattr(args, key) is not None
     }  # fmt: skip
@@ -413,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     learning.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=None)
     learning.add_argument("--iou-crop", dest="iou_crop", action=argparse.BooleanOptionalAction, default=None)
     learning.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None)
+    learning.add_argument("--seed", type=int, help="initial weights and data order (default 0)")
     learning.add_argument("--backbone-weights", dest="backbone_weights", help="a classification checkpoint")
     learning.add_argument("--stride8-map", dest="stride8_map", action=argparse.BooleanOptionalAction, default=None)
     learning.add_argument("--zoom-out", dest="zoom_out", action=argparse.BooleanOptionalAction, default=None)

@@ -107,7 +107,8 @@ def test_bad_settings_raise_config_errors(tiny_data, tmp_path):
 
 def test_builtin_defaults_apply_to_faces_coins_only():
     builtin = detection_config("faces-coins")
-    assert (builtin.arch, builtin.size, builtin.channels_last) == ("small", 256, True)
+    assert (builtin.arch, builtin.size, builtin.channels_last, builtin.iou_crop) == ("small", 256, True, False)
+    assert detection_config("/some/folder").iou_crop  # SSD's augmentation for everyone else
     assert detection_config("/some/folder").arch is None
     assert detection_config("faces-coins", size=320).size == 320
 
