@@ -153,11 +153,12 @@ _RULES = {
 # The built-in faces-coins (1,000 images of 320 pixels, faces and coins of 16 to 160 pixels) from
 # scratch on a CPU: MnasNet-small at 256 pixels, SGD with a cosine schedule, fast BN and EMA averages,
 # channels-last, and no IoU crop. Steps, not epochs, are what is short, and SSD's random crop (built for
-# hundreds of epochs) slows learning here: without it AP50 was 0.30 / 0.46 / 0.51 / 0.51 after 4 / 8 / 12 /
-# 16 epochs, first reaching 0.5 after 7.9 training minutes (benchmarks/detection.py --part learning
-# --threads 1, beside another job), against 0.20 / 0.32 / 0.39 / 0.41 with the crop. Batch 8 (125 steps
-# an epoch) at lr 0.02 learns far faster per CPU-minute than batch 32 at 0.08 (AP50 0.27 after 12 epochs)
-# or batch 16 at 0.12 (0.14); batch 4 at 0.01 learned no faster per epoch. Same seed, other float
+# hundreds of epochs) slows learning here. Without it (benchmarks/detection.py --part learning): 2 threads,
+# AP50 0.31 / 0.49 / 0.55 / 0.56 after 4 / 8 / 12 / 16 epochs (0.52 after 10, 7.4 training minutes); one
+# thread beside another job, 0.30 / 0.46 / 0.51 / 0.51 (seed 1: 0.28 / 0.44 / 0.49 / 0.50); with the crop
+# 0.20 / 0.32 / 0.39 / 0.41. Batch 8 (125 steps an epoch) at lr 0.02 learns far faster per CPU-minute than
+# batch 32 at 0.08 (AP50 0.27 after 12 epochs) or batch 16 at 0.12 (0.14); batch 4 at 0.01 learned no
+# faster per epoch. Same seed, other float
 # rounding (threads, layout) moved the final AP50 by up to ±0.05. Tried and slower: AdamW (lr 0.002),
 # smaller default boxes (anchor_scales 0.1-0.8; 0.05-0.6), 192 pixels; the stride-8 map (stride8_map)
 # and a backbone pretrained on object crops changed little (AP50 0.39 and 0.37 after 13 and 11 epochs
