@@ -62,6 +62,8 @@ def test_train_then_resume_from_the_command_line(tiny_data, tmp_path, capsys):
         (["--anchor-scales", "nan", "0.5"], "anchor_scales must be two numbers"),
         (["--anchor-scales", "0.1", "1.5"], "anchor_scales must be two numbers"),
         (["--head", "retinanet", "--anchor-scales", "0.1", "0.5"], "RetinaNet's anchors are fixed pixel sizes"),
+        (["--head", "retinanet", "--no-iou-crop"], "iou_crop is SSD's augmentation"),
+        (["--stride8-map", "--anchor-scales", "0.5", "0.1"], "anchor_scales must be two numbers 0 < smallest"),
     ],
 )
 def test_train_bad_input_is_one_line(tmp_path, capsys, flags, message, tiny_data):

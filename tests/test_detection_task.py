@@ -109,6 +109,7 @@ def test_builtin_defaults_apply_to_faces_coins_only():
     builtin = detection_config("faces-coins")
     assert (builtin.arch, builtin.size, builtin.channels_last, builtin.iou_crop) == ("small", 256, True, False)
     assert detection_config("/some/folder").iou_crop  # SSD's augmentation for everyone else
+    assert detection_config("faces-coins", head="retinanet").iou_crop  # RetinaNet has no IoU crop to leave out
     assert detection_config("/some/folder").arch is None
     assert detection_config("faces-coins", size=320).size == 320
 

@@ -83,6 +83,8 @@ class DetectionTrainConfig:
             raise ConfigError(f"size must be a multiple of 32 (the backbone's stride), got {self.size}")
         if self.anchor_scales is not None and self.head != "ssdlite":
             raise ConfigError("anchor_scales sets SSDLite's default boxes; RetinaNet's anchors are fixed pixel sizes")
+        if not self.iou_crop and self.head != "ssdlite":
+            raise ConfigError("iou_crop is SSD's augmentation; RetinaNet trains on flipped, resized whole images")
         if self.stride8_map and self.head != "ssdlite":
             raise ConfigError("stride8_map adds a map to SSDLite; RetinaNet-FPN reads stride 8 already")
         return self
@@ -127,6 +129,7 @@ class DetectionTrainConfig:
 _RULES = {
     "head": one_of("ssdlite", "retinanet"),
     "stride8_map": (lambda v: isinstance(v, bool), "true or false"),
+    "iou_crop": (lambda v: isinstance(v, bool), "true or false"),
     "width": positive(),
     "size": (
         lambda v: isinstance(v, int) and not isinstance(v, bool) and 64 <= v <= 2048,
@@ -189,6 +192,7 @@ def detection_config(data: str = "faces-coins", **overrides: Any) -> DetectionTr
     if overrides.get("head") == "retinanet":
         settings.pop("anchor_scales", None)  # RetinaNet's anchors are fixed pixel sizes
         settings.pop("stride8_map", None)
+        settings.pop("iou_crop", None)  # SSD's augmentation
     settings.update(overrides)
     return DetectionTrainConfig.from_dict({"data": str(data), **settings}).validate()
 
