@@ -169,6 +169,10 @@ def run_export(args: argparse.Namespace) -> int:
     fmt = (args.format or out.suffix.lstrip(".")).lower()
     if args.target and not (fmt == "tflite" and args.int8):
         raise DeployError("--target (an Ethos-U NPU) needs an int8 TFLite export: --format tflite --int8")
+    if args.target:
+        from mnasnet.deploy.npu import check_accelerator
+
+        check_accelerator(args.target)  # before the export: a typo must not cost a calibration
     options = {"int8": args.int8, "calibration": args.calibration, "nms": args.nms}
     if args.per_tensor:
         options["per_tensor"] = True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import tempfile
 from pathlib import Path
 
 from mnasnet.cli.options import positive_int
@@ -15,13 +17,46 @@ _SETTINGS = ("data", "space", "resolution", "target", "latency_ms", "reward", "t
 _PROXY = ("epochs", "batch_size", "lr", "device")
 
 
+def _number(text: str, *, zero: bool = False) -> float:
+    """A finite float, positive (or non-negative with ``zero``): NaN and infinity are no resource or rate."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        kind = "a non-negative" if zero else "a positive"
+        raise argparse.ArgumentTypeError(f"expected {kind} finite number, got {text!r}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    return _number(text)
+
+
+def _non_negative_number(text: str) -> float:
+    return _number(text, zero=True)
+
+
+_MAX_SEED = 2**32 - 1  # what every generator a trial seeds (NumPy, PyTorch, Python's) takes
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= _MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {_MAX_SEED}, got {text!r}")
+    return value
+
+
 def _resource(text: str) -> tuple[str, float]:
     name, _, amount = text.partition("=")
     try:
         value = float(amount or 1)
     except ValueError:
         value = -1.0
-    if not name or value <= 0:
+    if not name or not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"expected NAME or NAME=AMOUNT (a positive number), got {text!r}")
     return name, value
 
@@ -29,11 +64,13 @@ def _resource(text: str) -> tuple[str, float]:
 def _widths(text: str) -> list[float]:
     if text.strip().lower() == "none":
         return []
+    from mnasnet.limits import MAX_WIDTH_MULTIPLIER
+
     try:
         values = [float(item) for item in text.split(",")]
     except ValueError:
         values = [0.0]
-    if any(value <= 0 for value in values):
+    if any(not 0 < value <= MAX_WIDTH_MULTIPLIER for value in values):
         raise argparse.ArgumentTypeError(f"expected widths such as 0.35,0.5,0.75,1.0 (or none), got {text!r}")
     return values
 
@@ -70,10 +107,14 @@ def register(subparsers) -> None:
     group.add_argument("--reward", default=keep, help="soft (default), hard or tunas")
     group.add_argument("--space", default=keep, help="search space: a1 (default), mobilenetv2 or a YAML file")
     group.add_argument("--resolution", type=positive_int, default=keep, help="input size searched (default: 64)")
-    group.add_argument("--seed", type=int, default=keep, help="controller and training seed (default: 0)")
+    group.add_argument("--seed", type=_seed, default=keep, help="controller and training seed (default: 0)")
     group.add_argument("--parallel", type=positive_int, default=keep, help="trials in flight (default: 2)")
-    group.add_argument("--cpus-per-trial", type=float, default=keep, help="Ray CPUs per proxy training (default: 1)")
-    group.add_argument("--gpus-per-trial", type=float, default=keep, help="Ray GPUs per proxy training (default: 0)")
+    group.add_argument(
+        "--cpus-per-trial", type=_positive_number, default=keep, help="Ray CPUs per proxy training (default: 1)"
+    )
+    group.add_argument(
+        "--gpus-per-trial", type=_non_negative_number, default=keep, help="Ray GPUs per proxy training (default: 0)"
+    )
     group.add_argument(
         "--latency-resource",
         type=_resource,
@@ -90,7 +131,7 @@ def register(subparsers) -> None:
     proxy = search.add_argument_group("proxy training (each candidate)")
     proxy.add_argument("--epochs", type=positive_int, default=keep, help="epochs per candidate (default: 4)")
     proxy.add_argument("--batch-size", type=positive_int, default=keep, help="batch size (default: 32)")
-    proxy.add_argument("--lr", type=float, default=keep, help="peak learning rate (default: 0.02)")
+    proxy.add_argument("--lr", type=_positive_number, default=keep, help="peak learning rate (default: 0.02)")
     proxy.add_argument("--device", default=keep, help="auto (default: a GPU when the trial has one), cpu or cuda")
     search.set_defaults(func=_search)
 
@@ -104,8 +145,9 @@ def settings_from_args(args: argparse.Namespace):
         path = Path(args.output) / STATE_NAME
         try:
             values = json.loads(path.read_text())["settings"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             raise ConfigError(f"{args.output} holds no search to resume ({path} is missing or unreadable)") from None
+        _check_saved_types(values, path)
     given = vars(args)
     values |= {name: given[name] for name in _SETTINGS if name in given}
     if "latency_resource" in given:
@@ -125,14 +167,83 @@ def settings_from_args(args: argparse.Namespace):
     return SearchSettings(**values)
 
 
+# saved setting -> the JSON types it may have (a hand-edited or corrupt search.json must not crash the CLI)
+_SAVED_TYPES = {
+    "proxy": (dict,),
+    "controller_options": (dict,),
+    "latency_resources": (dict,),
+    "reference_widths": (list,),
+    "width_multipliers": (list, type(None)),
+    "data": (str,),
+    "space": (str,),
+    "target": (str,),
+    "reward": (str,),
+    "controller": (str,),
+    "latency_cache": (str, type(None)),
+}
+
+
+def _check_saved_types(values: object, path: Path) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: 'settings' must be a mapping, got {type(values).__name__}")
+    for name, types in _SAVED_TYPES.items():
+        if name in values and not isinstance(values[name], types):
+            raise ConfigError(f"{path}: setting {name!r} has the wrong type ({type(values[name]).__name__})")
+    resources = values.get("latency_resources", {})
+    if any(not isinstance(v, int | float) or isinstance(v, bool) or not 0 < v < math.inf for v in resources.values()):
+        raise ConfigError(f"{path}: latency_resources must map names to positive numbers, got {resources}")
+
+
+def check_before_search(settings, *, local: bool = True) -> None:
+    """Refuses, before Ray starts or --output is touched, settings that would only fail inside every trial:
+    a missing proxy dataset, a proxy training setting (lr, device, batch size) that cannot work, an absurd
+    resolution, ``vela:`` without an accelerator, or a latency cache path that is a file. Paths are checked
+    only when ``local`` (an embedded Ray): a cluster's workers may see folders this machine does not."""
+    from mnasnet.data.datasets import BUILTIN_DATASETS, resolve_dataset
+    from mnasnet.limits import MAX_RESOLUTION, check_batch_size
+    from mnasnet.search.blocks_file import write_blocks_file
+    from mnasnet.search.driver import search_space
+
+    target = settings.target if isinstance(settings.target, str) else ""
+    inner = target[len("table:") :] if target.startswith("table:") else target
+    if inner.startswith("vela:") and not inner[len("vela:") :].strip():
+        raise ConfigError(f"--target {target!r} names no accelerator; e.g. vela:ethos-u65-256")
+    cache = Path(settings.latency_cache).expanduser() if isinstance(settings.latency_cache, str) else None
+    if local and cache is not None and cache.exists() and not cache.is_dir():
+        raise ConfigError(f"--latency-cache {settings.latency_cache} is a file, not a folder")
+    resolution = settings.resolution
+    if resolution is not None and (
+        isinstance(resolution, bool) or not isinstance(resolution, int) or not 32 <= resolution <= MAX_RESOLUTION
+    ):
+        raise ConfigError(f"resolution must be an integer from 32 to {MAX_RESOLUTION}, got {resolution!r}")
+    proxy = settings.proxy_settings()
+    if local and str(proxy.data) not in BUILTIN_DATASETS:
+        resolve_dataset(proxy.data)  # a folder: must exist (built-ins are fetched by the trials)
+    check_batch_size(proxy.batch_size, "--batch-size")
+    space = search_space(settings)
+    candidate = space.decode([0] * len(space.decisions))
+    with tempfile.TemporaryDirectory(prefix="mnasnet-check-") as folder:
+        blocks = write_blocks_file(Path(folder) / "check.blocks", candidate)
+        seed = settings.seed if isinstance(settings.seed, int) and not isinstance(settings.seed, bool) else -1
+        if not 0 <= seed <= _MAX_SEED:
+            raise ConfigError(f"seed must be an integer from 0 to {_MAX_SEED}, got {settings.seed!r}")
+        proxy.train_config(blocks, candidate.resolution, Path(folder) / "train", seed)
+
+
 def _search(args: argparse.Namespace) -> int:
     from mnasnet.search.driver import run_search
 
     settings = settings_from_args(args)
-    result = run_search(
-        settings, args.output, resume=args.resume, address=args.address, num_cpus=args.num_cpus,
-        progress=not args.quiet,
-    )  # fmt: skip
+    check_before_search(settings, local=args.address is None)
+    try:
+        result = run_search(
+            settings, args.output, resume=args.resume, address=args.address, num_cpus=args.num_cpus,
+            progress=not args.quiet,
+        )  # fmt: skip
+    except ConnectionError as error:  # Ray's client raises the builtin when --address does not answer
+        if args.address is None:
+            raise
+        raise ConfigError(f"cannot reach the Ray cluster at --address {args.address} ({error})") from None
     ok = sum(trial["status"] == "ok" for trial in result.trials)
     print(f"{len(result.trials)} trials ({ok} ok) in {result.seconds / 60:.1f} min; {len(result.front)} on the front")
     for entry in result.front:

@@ -24,7 +24,7 @@ from mnasnet.deploy.quantize import DeployError
 from mnasnet.errors import CheckpointError
 from mnasnet.extras import require
 
-__all__ = ["ACCELERATORS", "NpuReport", "operator_counts", "vela_report"]
+__all__ = ["ACCELERATORS", "NpuReport", "check_accelerator", "operator_counts", "vela_report"]
 
 ACCELERATORS = ("ethos-u65-256", "ethos-u55-128", "ethos-u65-512", "ethos-u55-256", "ethos-u85-256")
 
@@ -108,6 +108,24 @@ def _parse_cpu_operations(stdout: str) -> list[tuple[str, str, str]]:
                     break
             fallback.append((match.group(1), match.group(2), reason))
     return fallback
+
+
+def check_accelerator(accelerator: str) -> str:
+    """``accelerator`` if Vela can compile for it (Vela's own list when it is installed), else a DeployError.
+
+    Commands that export first and compile after call this before the export, so a typo costs nothing.
+    """
+    names: tuple[str, ...] = ACCELERATORS
+    try:
+        from ethosu.vela.architecture_features import Accelerator
+
+        names = tuple(Accelerator.member_list())
+    except Exception:  # Vela missing or changed: fall back to the prefix check vela_report makes
+        if isinstance(accelerator, str) and accelerator.startswith("ethos-u"):
+            return accelerator
+    if accelerator not in names:
+        raise DeployError(f"unknown accelerator {accelerator!r}; try one of {', '.join(names)}")
+    return accelerator
 
 
 def vela_report(

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mnasnet.detection.data.records import DetectionData
+from mnasnet.detection.data.records import DetectionData, is_number
 from mnasnet.errors import DataError
 from mnasnet.extras import require
 
@@ -37,7 +37,7 @@ def _valid_box(bbox: Any) -> bool:
     return (
         isinstance(bbox, list | tuple)
         and len(bbox) == 4
-        and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+        and all(is_number(v) and math.isfinite(v) for v in bbox)
         and bbox[2] > 0
         and bbox[3] > 0
     )
@@ -93,7 +93,7 @@ def coco_ground_truth(data: DetectionData, document: dict | None = None) -> dict
 
 
 def _positive(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return is_number(value) and math.isfinite(value) and value > 0
 
 
 def coco_results(
@@ -214,10 +214,22 @@ def check_classes(config: Any, data: DetectionData) -> None:
         )
 
 
+def _load_checked(record):
+    """The record's image; a DataError if its size is not the one the annotations give (their boxes
+    would be scored against another image's pixels), as :class:`DetectionDataset` refuses in training."""
+    from mnasnet.data.images import load_image
+
+    image = load_image(record.path)
+    if image.size != (record.width, record.height):
+        raise DataError(
+            f"{record.path} is {image.size[0]}x{image.size[1]}, its annotations say {record.width}x{record.height}"
+        )
+    return image
+
+
 def _predict_records(predictor, data: DetectionData, batch_size: int, progress: bool | None) -> Iterable[dict]:
     from tqdm import tqdm
 
-    from mnasnet.data.images import load_image
     from mnasnet.detection.predict import prepare_image
 
     records = data.records
@@ -225,7 +237,7 @@ def _predict_records(predictor, data: DetectionData, batch_size: int, progress: 
     with tqdm(total=len(records), unit="image", disable=hide, file=sys.stderr) as bar:
         for start in range(0, len(records), batch_size):
             batch = records[start : start + batch_size]
-            prepared = [prepare_image(load_image(record.path), predictor.config) for record in batch]
+            prepared = [prepare_image(_load_checked(record), predictor.config) for record in batch]
             images = np.stack([p.image for p in prepared])
             detections = predictor.detect(images, [p.original_size for p in prepared], [p.image_size for p in prepared])
             for record, found in zip(batch, detections, strict=True):

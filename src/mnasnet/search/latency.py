@@ -170,12 +170,18 @@ class CandidateExporter:
     """
 
     def __init__(self, workdir: str | os.PathLike | None = None, *, calibration_images: int = 4, seed: int = 0) -> None:
-        if workdir is None:
-            self._temp = tempfile.TemporaryDirectory(prefix="mnasnet-search-")
-            workdir = self._temp.name
-        self.workdir = Path(workdir)
+        self._workdir = Path(workdir) if workdir is not None else None
         self.calibration_images = calibration_images
         self.seed = seed
+
+    @property
+    def workdir(self) -> Path:
+        """The folder of the exported files; without one given, a temporary folder made on first use
+        (a backend built only to check the settings leaves no folder behind)."""
+        if self._workdir is None:
+            self._temp = tempfile.TemporaryDirectory(prefix="mnasnet-search-")
+            self._workdir = Path(self._temp.name)
+        return self._workdir
 
     def path(self, candidate: Candidate, fmt: str, pooling: str = "mean") -> Path:
         suffix = "onnx" if fmt.startswith("onnx") else "tflite"
@@ -556,6 +562,10 @@ class CommandBackend(LatencyBackend):
             raise LatencyError(f"unknown model format {fmt!r}; choose from {', '.join(FORMATS)}")
         if timeout_s <= 0 or scale <= 0:
             raise LatencyError(f"timeout_s and scale must be positive, got {timeout_s!r} and {scale!r}")
+        try:
+            shlex.split(template)  # the shell would fail on every candidate; say so once, now
+        except ValueError as error:
+            raise LatencyError(f"bad command template {template!r}: {error}") from None
         super().__init__(cache_dir=cache_dir)
         self.template, self.fmt, self.threads = template, fmt, threads
         self.pattern, self.scale, self.timeout_s, self.tag = pattern, scale, timeout_s, tag

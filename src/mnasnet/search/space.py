@@ -21,12 +21,14 @@ import hashlib
 import math
 import os
 import random
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mnasnet import limits
 from mnasnet.arch import ARCHS, BlockSpec, format_block, parse_arch, round_filters
 from mnasnet.errors import MnasNetError
 
@@ -312,7 +314,15 @@ def _number(value: Any, source: str, key: str, kind: type) -> int | float:
     ok = isinstance(value, int) if kind is int else isinstance(value, int | float)
     if not ok or isinstance(value, bool):
         raise _fail(source, key, f"expected {'an integer' if kind is int else 'a number'}, got {value!r}")
+    # a float too large (or an int too large to be one) is no setting: .inf, .nan, 1e999 written out
+    if kind is not int and not (abs(value) <= sys.float_info.max and math.isfinite(value)):
+        raise _fail(source, key, f"expected a finite number, got {value!r}")
     return kind(value)
+
+
+def _at_most(value: int | float, limit: int | float, source: str, key: str, what: str) -> None:
+    if value > limit:
+        raise _fail(source, key, f"{what} {value} is over the limit of {limit}")
 
 
 def _choice_list(value: Any, source: str, key: str) -> list:
@@ -335,11 +345,13 @@ def _check_choice(name: str, value: Any, source: str, key: str) -> Any:
         kernel = _number(value, source, key, int)
         if kernel < 1 or kernel % 2 == 0:
             raise _fail(source, key, f"kernel sizes must be odd and positive, got {value!r}")
+        _at_most(kernel, limits.MAX_KERNEL_SIZE, source, key, "kernel size")
         return kernel
     if name == "expand_ratio":
         ratio = _number(value, source, key, int)
         if ratio < 1:
             raise _fail(source, key, f"expansion ratios must be at least 1, got {value!r}")
+        _at_most(ratio, limits.MAX_EXPAND_RATIO, source, key, "expansion ratio")
         return ratio
     if name == "se_ratio":
         ratio = _number(value, source, key, float)
@@ -350,6 +362,7 @@ def _check_choice(name: str, value: Any, source: str, key: str) -> Any:
         multiplier = _number(value, source, key, float)
         if multiplier <= 0:
             raise _fail(source, key, f"filter multipliers must be positive, got {value!r}")
+        _at_most(multiplier, limits.MAX_WIDTH_MULTIPLIER, source, key, "filter multiplier")
         return multiplier
     return _number(value, source, key, int)  # layers: a delta, any sign
 
@@ -385,6 +398,8 @@ def _parse_stage(data: Any, source: str, key: str, defaults: Mapping[str, tuple]
         raise _fail(source, f"{key}.filters", f"must be positive, got {filters}")
     if stride not in (1, 2):
         raise _fail(source, f"{key}.stride", f"must be 1 or 2, got {stride}")
+    _at_most(repeats, limits.MAX_REPEATS, source, f"{key}.repeats", "repeats")
+    _at_most(filters, limits.MAX_FILTERS, source, f"{key}.filters", "filters")
     choices = _parse_choices(data.get("choices", {}), source, f"{key}.choices", defaults)
     stage = StageSpace(
         repeats=repeats,
@@ -399,6 +414,9 @@ def _parse_stage(data: Any, source: str, key: str, defaults: Mapping[str, tuple]
     )
     if not stage.layer_choices():
         raise _fail(source, f"{key}.choices.layers", f"every option leaves fewer than 1 of the {repeats} layers")
+    # the largest choices must build: limits on block strings (arch.py), checked here, before any trial
+    _at_most(repeats + max(stage.layer_choices()), limits.MAX_REPEATS, source, f"{key}.choices.layers", "layers")
+    _at_most(max(stage.filter_choices()), limits.MAX_FILTERS, source, f"{key}.choices.filters", "filters")
     return stage
 
 
@@ -459,10 +477,15 @@ def parse_space(data: Any, source: str = "search space") -> SearchSpace:
         stem = _number(data["stem_filters"], source, "stem_filters", int)
         if stem < 1:
             raise _fail(source, "stem_filters", f"must be positive, got {stem}")
+    _at_most(stem, limits.MAX_FILTERS, source, "stem_filters", "stem filters")
+    depth = sum(stage.repeats + max(stage.layer_choices()) for stage in stages)
+    _at_most(depth, limits.MAX_BLOCKS, source, "stages", "the deepest network's block count")
     widths = _one_or_list(data.get("width_multiplier", 1.0), source, "width_multiplier", float)
+    _at_most(max(widths), limits.MAX_WIDTH_MULTIPLIER, source, "width_multiplier", "width multiplier")
     resolutions = _one_or_list(data.get("resolution", 224), source, "resolution", int)
     if any(size < 32 for size in resolutions):
         raise _fail(source, "resolution", f"must be at least 32 (the network strides by 32), got {list(resolutions)}")
+    _at_most(max(resolutions), limits.MAX_RESOLUTION, source, "resolution", "resolution")
     name = data.get("name", "custom")
     if not isinstance(name, str):
         raise _fail(source, "name", f"expected text, got {name!r}")

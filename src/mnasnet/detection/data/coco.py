@@ -67,7 +67,8 @@ def load_coco(
         records.append(r.make_record(image_id, file_path, width, height, [b for b, _ in found], [c for _, c in found]))
     report = audit.finish()
     if not records:
-        raise DataError(f"{path}: no usable images")
+        why = report.summary(source).split(": ", 1)[1] if report.total else ""
+        raise DataError(f"{path}: no usable images" + (f" ({why})" if why else ""))
     return r.DetectionData(records=records, categories=categories, source=str(path), report=report)
 
 
@@ -75,7 +76,7 @@ def _read_json(path: Path, max_bytes: int) -> Any:
     r.check_file_size(path, max_bytes, "annotation file")
     try:
         return json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, an integer of 5,000 digits
         raise DataError(f"{path} is not valid JSON: {error}") from None
     except MemoryError:
         raise DataError(f"{path} is too large to parse in memory") from None
@@ -104,7 +105,10 @@ def _categories(entries: Any, source: str) -> dict[int, str]:
         raise DataError(f"{source} has {len(entries):,} categories; the limit is {r.MAX_CATEGORIES:,}")
     categories: dict[int, str] = {}
     for index, entry in enumerate(entries):
-        if not (isinstance(entry, dict) and _is_int(entry.get("id")) and isinstance(entry.get("name"), str)):
+        category_id = entry.get("id") if isinstance(entry, dict) else None
+        if isinstance(category_id, int) and not isinstance(category_id, bool) and not _is_int(category_id):
+            raise DataError(f"{source}: categories[{index}]: its id does not fit in 64 bits")
+        if not (isinstance(entry, dict) and _is_int(category_id) and isinstance(entry.get("name"), str)):
             raise DataError(f"{source}: categories[{index}] is not an object with an integer id and a name")
         if entry["id"] in categories:
             raise DataError(f"{source}: category id {entry['id']} appears twice")
@@ -113,7 +117,7 @@ def _categories(entries: Any, source: str) -> dict[int, str]:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return r.is_id(value)
 
 
 def _image_entries(
@@ -139,7 +143,10 @@ def _image_entries(
         if width * height > limits.MAX_IMAGE_PIXELS:
             audit.image(r.BAD_IMAGE, f"{where}: {width}x{height} is over {limits.MAX_IMAGE_PIXELS:,} pixels")
             continue
-        file_path = root / name
+        file_path = r.image_path(root, name)
+        if file_path is None:
+            audit.image(r.OUTSIDE_FOLDER, f"{where}: file_name {name!r} (give a path relative to {root})")
+            continue
         if r.check_image_file(file_path, width, height, audit, where, check_size=check_sizes):
             entries[image_id] = (file_path, width, height)
     return entries, declared

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import warnings
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -68,6 +69,8 @@ UNKNOWN_IMAGE = "unknown image id"
 DUPLICATE_ANNOTATION = "duplicate annotation id"
 BAD_ANNOTATION = "malformed annotation"
 MISSING_FILE = "missing file"
+NOT_A_FILE = "not a file"
+OUTSIDE_FOLDER = "path outside the dataset folder"
 DUPLICATE_IMAGE = "duplicate image id"
 SIZE_MISMATCH = "size differs from file"
 UNREADABLE_IMAGE = "unreadable image"
@@ -157,8 +160,34 @@ class Audit:
         return self.report
 
 
+# ids are stored as int64 (numpy arrays, pycocotools); larger integers are malformed, not a crash
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """An int or float, not a bool; an int too large for a float (``1e400`` written out) is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, float) or abs(value) <= sys.float_info.max
+
+
+def is_id(value: object) -> bool:
+    """An integer id (not a bool) that fits in int64."""
+    return isinstance(value, int) and not isinstance(value, bool) and _INT64_MIN <= value <= _INT64_MAX
+
+
+def image_path(root: Path, name: str) -> Path | None:
+    """``root / name`` for a relative ``name`` that stays inside ``root``; None for an absolute path or one
+    whose ``..`` parts climb out (a dataset file must not make the reader open files elsewhere)."""
+    relative = PurePath(name)
+    if relative.is_absolute() or relative.anchor or "\x00" in name:
+        return None
+    depth = 0
+    for part in relative.parts:
+        depth += -1 if part == ".." else (0 if part == "." else 1)
+        if depth < 0:
+            return None
+    return root / relative
 
 
 def check_box(
@@ -256,7 +285,7 @@ def image_size_on_disk(path: Path) -> tuple[int, int] | None:
 def check_image_file(path: Path, width: int, height: int, audit: Audit, where: str, *, check_size: bool) -> bool:
     """True if the image file exists and (``check_size``) is ``width x height``; counts why not."""
     if not path.is_file():
-        audit.image(MISSING_FILE, f"{where} ({path})")
+        audit.image(NOT_A_FILE if path.exists() else MISSING_FILE, f"{where} ({path})")
         return False
     if not check_size:
         return True

@@ -120,7 +120,10 @@ def _read_one(
     if not filename or width is None or height is None or width <= 0 or height <= 0:
         audit.image(r.BAD_IMAGE, f"{where}: needs <filename> and a positive <size> width and height")
         return None
-    path = image_dir / filename
+    path = r.image_path(image_dir, filename)
+    if path is None:
+        audit.image(r.OUTSIDE_FOLDER, f"{where}: <filename> {filename!r} (give a name inside {image_dir})")
+        return None
     if not r.check_image_file(path, width, height, audit, where, check_size=check_sizes):
         return None
     boxes, category_ids = [], []
