@@ -190,8 +190,6 @@ class DetectorConfig:
         """SSDLite's default boxes (torchvision's, or spanning ``anchor_scales``) or RetinaNet's grid anchors."""
         if self.head == "retinanet":
             return GridAnchors()
-        if not self.stride8_map and self.anchor_scales is None:
-            return DefaultBoxes()
         default = STRIDE8_ANCHOR_SCALES if self.stride8_map else (DefaultBoxes.min_ratio, DefaultBoxes.max_ratio)
         low, high = self.anchor_scales or default
         levels = len(SSDLITE_ASPECT_RATIOS) + int(self.stride8_map)

@@ -161,8 +161,8 @@ _RULES = {
 # thread beside another job, 0.30 / 0.46 / 0.51 / 0.51 (seed 1: 0.28 / 0.44 / 0.49 / 0.50); with the crop
 # 0.20 / 0.32 / 0.39 / 0.41. Batch 8 (125 steps an epoch) at lr 0.02 learns far faster per CPU-minute than
 # batch 32 at 0.08 (AP50 0.27 after 12 epochs) or batch 16 at 0.12 (0.14); batch 4 at 0.01 learned no
-# faster per epoch. Same seed, other float
-# rounding (threads, layout) moved the final AP50 by up to ±0.05. Tried and slower: AdamW (lr 0.002),
+# faster per epoch. Same seed, other float rounding (threads, layout) moved the final AP50 by up to ±0.05.
+# Tried and slower: AdamW (lr 0.002),
 # smaller default boxes (anchor_scales 0.1-0.8; 0.05-0.6), 192 pixels; the stride-8 map (stride8_map)
 # and a backbone pretrained on object crops changed little (AP50 0.39 and 0.37 after 13 and 11 epochs
 # with the crop). Small objects (APs ~0.01) are not found: at 13-26 pixels a face is hard to tell from
