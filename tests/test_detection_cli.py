@@ -126,6 +126,17 @@ def test_predict_json_and_draw(tiny_data, weights, tmp_path, capsys):
     assert result.shape == original.shape and (result != original).any()
 
 
+@pytest.mark.parametrize("under_a_file", [False, True])
+def test_predict_draw_into_a_file_is_one_line_before_any_work(tiny_data, tmp_path, capsys, under_a_file):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file")
+    draw = blocker / "sub" if under_a_file else blocker
+    # missing weights would be the error if the folder were checked after loading the model
+    code = main(["detect", "predict", str(tiny_data), "--weights", "missing.safetensors", "--draw", str(draw)])
+    assert "is a file, not a folder" in _one_error_line(capsys, code)
+    assert blocker.read_text() == "a file"
+
+
 def test_predict_missing_weights_is_one_line(tiny_data, capsys):
     code = main(["detect", "predict", str(tiny_data), "--weights", "missing.safetensors"])
     assert "detector weights not found: missing.safetensors" in _one_error_line(capsys, code)

@@ -349,6 +349,11 @@ def test_voc_boxes_are_continuous_coordinates(voc_dir: Path) -> None:
         (VOC_XML.format(filename="nope.jpg", width=64, height=48, objects=""), "1 missing file", "image"),
         (VOC_XML.format(filename="000002.jpg", width=65, height=48, objects=""), "1 size differs from file", "image"),
         (VOC_XML.format(filename="000001.jpg", width=100, height=80, objects=""), "1 duplicate image id", "image"),
+        (  # a size claimed in the XML is refused before the file is opened
+            VOC_XML.format(filename="000002.jpg", width=10**6, height=10**6, objects=""),
+            "1 malformed image entry",
+            "image",
+        ),
         (
             VOC_XML.format(filename="000002.jpg", width=64, height=48, objects=_voc_object("unicorn", (1, 1, 5, 5))),
             "1 unknown category",
@@ -387,6 +392,11 @@ def test_voc_limits_and_missing_folders(voc_dir: Path, tmp_path: Path) -> None:
         load_voc(voc_dir, max_files=1)
     with pytest.raises(DataError, match="not a VOC folder"):
         load_voc(tmp_path / "nothing")
+    listing = voc_dir / "ImageSets" / "Main" / "val.txt"
+    listing.parent.mkdir(parents=True, exist_ok=True)
+    listing.write_text("000002\n../../outside\n")
+    with pytest.raises(DataError, match="id '../../outside' names a file outside"):
+        load_voc(voc_dir, split="val")
     big = voc_dir / "Annotations" / "000002.xml"
     big.write_text("<annotation>" + " " * (5 * 2**20) + "</annotation>")
     with pytest.warns(AnnotationWarning, match="1 malformed XML"):

@@ -288,3 +288,14 @@ def test_flag_errors_come_before_the_weights_are_opened(tmp_path, capsys, flags,
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and message in lines[0], lines
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_accelerator_is_refused_before_the_weights_are_opened(tmp_path, capsys):
+    pytest.importorskip("ethosu.vela")
+    from mnasnet.cli import main
+
+    flags = ["--int8", "--calibration", "digits", "--target", "ethos-u99"]
+    code = main(["export", "--weights", str(tmp_path / "missing.safetensors"), str(tmp_path / "x.tflite"), *flags])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "unknown accelerator 'ethos-u99'" in lines[0], lines
+    assert list(tmp_path.iterdir()) == []

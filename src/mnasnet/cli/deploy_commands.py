@@ -92,6 +92,10 @@ def _export(args: argparse.Namespace) -> int:
     if args.pooling and fmt != "tflite":
         raise DeployError("--pooling applies to TFLite exports")
     check_calibration_given(args.calibration, int8=args.int8)  # before opening (perhaps downloading) the weights
+    if args.target:
+        from mnasnet.deploy.npu import check_accelerator
+
+        check_accelerator(args.target)  # a typo must not cost an int8 export first
     check_export_packages(fmt, args.int8)
     model = open_model(args.weights)
     options = {"int8": args.int8, "calibration": args.calibration, "per_channel": not args.per_tensor}

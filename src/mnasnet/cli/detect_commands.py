@@ -270,9 +270,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from mnasnet.detection.predict import detect_images, write_drawings
+    from mnasnet.detection.predict import check_draw_folder, detect_images, write_drawings
     from mnasnet.detection.runtime import load_detection_predictor
 
+    if args.draw:
+        check_draw_folder(args.draw)
     predictor = load_detection_predictor(args.weights)
     results = detect_images(predictor, args.images, score_threshold=args.score_threshold, batch_size=args.batch_size)
     for result in results:

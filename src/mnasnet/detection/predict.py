@@ -30,6 +30,7 @@ from mnasnet.predict import expand_image_paths
 
 __all__ = [
     "Detection",
+    "check_draw_folder",
     "ImageDetections",
     "PreparedImage",
     "detect_images",
@@ -184,14 +185,25 @@ def draw_detections(image: Image.Image, detections: Sequence[Detection]) -> Imag
     return canvas
 
 
+def check_draw_folder(output_dir: str | os.PathLike) -> Path:
+    """``output_dir`` as a Path if drawings can be written there (it, or its nearest existing parent, is a
+    writable folder), else a ConfigError: called before detecting, so a bad path costs no inference."""
+    folder = Path(output_dir)
+    existing = next(path for path in (folder, *folder.parents) if path.exists() or path == Path(path.anchor))
+    if not existing.is_dir():
+        where = "" if existing == folder else f": {existing}"
+        raise ConfigError(f"--draw {folder}{where} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--draw {folder}: {existing} is not writable")
+    return folder
+
+
 def write_drawings(results: Sequence[ImageDetections], output_dir: str | os.PathLike) -> list[Path]:
     """Writes each readable image with its detections drawn into ``output_dir`` (atomically), as PNG.
 
     Files are named after the images (``photo.jpg`` -> ``photo.png``); repeated names get ``_2``, ``_3`` ...
     """
-    folder = Path(output_dir)
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--draw {folder} is a file, not a folder")
+    folder = check_draw_folder(output_dir)
     written: list[Path] = []
     used: set[str] = set()
     for result in results:

@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
 from pathlib import Path
 
+from mnasnet import limits
 from mnasnet.detection.data import records as r
 from mnasnet.errors import DataError
 
@@ -89,7 +90,10 @@ def _xml_files(source, split: str | None, max_files: int) -> tuple[list[Path], s
             listing = root / "ImageSets" / "Main" / f"{split}.txt"
             r.check_file_size(listing, r.MAX_XML_BYTES * 16, "split list")
             ids = listing.read_text(errors="replace").split()
-            files = [annotations / f"{name}.xml" for name in ids]
+            files = [r.image_path(annotations, f"{name}.xml") for name in ids]
+            if None in files:
+                outside = ids[files.index(None)]
+                raise DataError(f"{listing}: id {outside!r} names a file outside {annotations}")
         else:
             files = sorted(annotations.glob("*.xml"))
         name = f"{root.name}/{split}" if split else root.name
@@ -119,6 +123,9 @@ def _read_one(
     width, height = _int(root.findtext("size/width")), _int(root.findtext("size/height"))
     if not filename or width is None or height is None or width <= 0 or height <= 0:
         audit.image(r.BAD_IMAGE, f"{where}: needs <filename> and a positive <size> width and height")
+        return None
+    if width * height > limits.MAX_IMAGE_PIXELS:
+        audit.image(r.BAD_IMAGE, f"{where}: {width}x{height} is over {limits.MAX_IMAGE_PIXELS:,} pixels")
         return None
     path = r.image_path(image_dir, filename)
     if path is None:
