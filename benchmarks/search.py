@@ -84,6 +84,7 @@ def _train_all(jobs: list[tuple[str, object, int]], proxy: ProxySettings, folder
         trained, measured = ray.get(train_ref), ray.get(latency_ref)
         results[name] = {
             "accuracy": trained.get("accuracy"),
+            "repeats": trained.get("accuracies"),  # one per proxy repeat (--proxy repeats=N)
             "status": trained["status"],
             "error": trained.get("error"),
             "latency_ms": measured["ms"],

@@ -27,6 +27,42 @@ def test_search_help_loads_neither_torch_nor_ray():
         assert flag in run.stdout
 
 
+def test_search_help_quotes_the_proxy_defaults_it_uses(capsys):
+    import re
+
+    from mnasnet.search.proxy import ProxySettings
+
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    text = " ".join(capsys.readouterr().out.split()).split("proxy training (each candidate)")[1]
+    for flag, value in [("--epochs", ProxySettings.epochs), ("--lr", ProxySettings.lr), ("--repeats", 1)]:
+        quoted = re.search(rf"{flag} \S+ .*?\(default: ([^)]+)\)", text).group(1)
+        assert float(quoted) == value, (flag, quoted)
+    assert ProxySettings().repeats == 1
+
+
+def test_repeats_reaches_the_saved_proxy_settings(tmp_path):
+    import argparse
+
+    from mnasnet.cli.search_commands import settings_from_args
+
+    args = argparse.Namespace(output=str(tmp_path), resume=False, repeats=3, epochs=1)
+    settings = settings_from_args(args)
+    assert settings.proxy == {"repeats": 3, "epochs": 1}
+    assert settings.proxy_settings().repeats == 3
+
+
+@pytest.mark.slow
+def test_an_unreachable_cluster_is_one_line_and_leaves_no_run_folder(tmp_path):
+    output = tmp_path / "run"
+    flags = ["--address", "ray://127.0.0.1:9", "--output", str(output), "--data", "digits", "--target", "macs"]
+    run = subprocess.run([sys.executable, "-m", "mnasnet", "search", *flags], capture_output=True, text=True)
+    assert run.returncode == 2
+    lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot reach the Ray cluster at ray://127.0.0.1:9" in lines[0], run.stderr
+    assert not output.exists()
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -37,6 +73,7 @@ def test_search_help_loads_neither_torch_nor_ray():
         (["--reward", "linear"], "unknown reward 'linear'"),
         (["--latency-ms", "-2"], "target latency must be a positive number"),
         (["--space", "no-such-space.yaml"], "search space not found"),
+        (["--repeats", "1000"], "repeats must be an integer from 1 to 100"),
     ],
 )
 def test_bad_search_settings_are_one_line_and_touch_nothing(tmp_path, capsys, flags, message):

@@ -205,10 +205,13 @@ def test_settings_and_folders_are_checked_before_any_work(ray_cluster, space_fil
     with pytest.raises(SearchError, match="different settings.*latency_ms"):
         run_search(settings(space_file, trials=1, latency_ms=9.0), run_dir, resume=True, trainer=fake_trainer)
     with pytest.raises(SearchError, match="no search to resume"):
-        run_search(settings(space_file), tmp_path / "empty", resume=True)
+        run_search(settings(space_file), tmp_path / "empty", resume=True, trainer=fake_trainer)
     with pytest.raises(MnasNetError, match="unknown latency target"):
-        run_search(settings(space_file, target="tpu"), tmp_path / "x")
-    assert not (tmp_path / "x").exists() and not (tmp_path / "empty").exists()
+        run_search(settings(space_file, target="tpu"), tmp_path / "x", trainer=fake_trainer)
+    # the built-in trainer reads the proxy's dataset: a missing one is refused before any folder is made
+    with pytest.raises(MnasNetError, match="dataset folder not found"):
+        run_search(settings(space_file), tmp_path / "y")
+    assert not any((tmp_path / name).exists() for name in ("x", "y", "empty"))
     with RunLock(run_dir), pytest.raises(RunLockedError):
         run_search(settings(space_file, trials=2), run_dir, resume=True, trainer=fake_trainer)
 

@@ -34,3 +34,37 @@ def test_a_proxy_training_scores_its_checkpoint_on_the_held_out_split(tmp_path, 
     # the scored weights are the EMA's when it is on (the engine writes them as the checkpoint)
     settings = (tmp_path / "trial" / "train" / "config.yaml").read_text()
     assert f"ema_decay: {ema_decay}" in settings and "channels_last: true" in settings
+
+
+def test_repeated_proxy_trainings_score_their_mean_under_distinct_seeds(tmp_path):
+    from train_helpers import make_colour_dataset
+
+    data = make_colour_dataset(tmp_path / "data", classes=3, per_class=8, val_per_class=5)
+    candidate = a1_family(32, (0.35,))["a1_x0.35"]
+    single = ProxySettings(data=str(data), epochs=1, batch_size=8)
+    repeated = ProxySettings(data=str(data), epochs=1, batch_size=8, repeats=2)
+    result = train_candidate(candidate, tmp_path / "trial", repeated, seed=5)
+    first = train_candidate(candidate, tmp_path / "alone", single, seed=5)
+    # the first repeat is the single training with the trial's own seed; the second is another seed's
+    assert result["accuracies"][0] == pytest.approx(first["accuracy"])
+    assert result["accuracy"] == pytest.approx(sum(result["accuracies"]) / 2)
+    seeds = [
+        next(
+            line
+            for line in (tmp_path / "trial" / run / "config.yaml").read_text().splitlines()
+            if line.startswith("seed:")
+        )
+        for run in ("train", "train-2")
+    ]
+    assert seeds[0] == "seed: 5" and seeds[1] != seeds[0]
+    # the checkpoint kept is the best-scoring repeat's
+    best = max(range(2), key=lambda index: result["accuracies"][index])
+    assert result["checkpoint"].endswith(f"{('train', 'train-2')[best]}/best.safetensors")
+
+
+@pytest.mark.parametrize("repeats", [0, -1, 2.5, True, "2", 10**6])
+def test_a_repeat_count_that_cannot_work_is_refused(repeats):
+    from mnasnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="repeats must be an integer"):
+        ProxySettings(repeats=repeats)

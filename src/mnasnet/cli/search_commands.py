@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import tempfile
 from pathlib import Path
 
 from mnasnet.cli.options import positive_int
@@ -14,7 +13,7 @@ from mnasnet.errors import ConfigError
 # flag destination -> SearchSettings field (the proxy's own settings are nested under "proxy")
 _SETTINGS = ("data", "space", "resolution", "target", "latency_ms", "reward", "trials", "controller", "seed",
              "parallel", "cpus_per_trial", "gpus_per_trial", "max_retries", "latency_cache")  # fmt: skip
-_PROXY = ("epochs", "batch_size", "lr", "device")
+_PROXY = ("epochs", "batch_size", "lr", "device", "repeats")
 
 
 def _number(text: str, *, zero: bool = False) -> float:
@@ -129,9 +128,17 @@ def register(subparsers) -> None:
     )
     group.add_argument("--latency-cache", default=keep, help="latency cache folder (default: the user cache)")
     proxy = search.add_argument_group("proxy training (each candidate)")
-    proxy.add_argument("--epochs", type=positive_int, default=keep, help="epochs per candidate (default: 4)")
+    # the defaults quoted are ProxySettings' (importing it here would import torch before --help)
+    proxy.add_argument("--epochs", type=positive_int, default=keep, help="epochs per candidate (default: 2)")
     proxy.add_argument("--batch-size", type=positive_int, default=keep, help="batch size (default: 32)")
-    proxy.add_argument("--lr", type=_positive_number, default=keep, help="peak learning rate (default: 0.02)")
+    proxy.add_argument("--lr", type=_positive_number, default=keep, help="peak learning rate (default: 0.05)")
+    proxy.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=keep,
+        help="trainings per candidate under different seeds, scored by their mean: less noise, N times the cost"
+        " (default: 1)",
+    )
     proxy.add_argument("--device", default=keep, help="auto (default: a GPU when the trial has one), cpu or cuda")
     search.set_defaults(func=_search)
 
@@ -194,56 +201,14 @@ def _check_saved_types(values: object, path: Path) -> None:
         raise ConfigError(f"{path}: latency_resources must map names to positive numbers, got {resources}")
 
 
-def check_before_search(settings, *, local: bool = True) -> None:
-    """Refuses, before Ray starts or --output is touched, settings that would only fail inside every trial:
-    a missing proxy dataset, a proxy training setting (lr, device, batch size) that cannot work, an absurd
-    resolution, ``vela:`` without an accelerator, or a latency cache path that is a file. Paths are checked
-    only when ``local`` (an embedded Ray): a cluster's workers may see folders this machine does not."""
-    from mnasnet.data.datasets import BUILTIN_DATASETS, resolve_dataset
-    from mnasnet.limits import MAX_RESOLUTION, check_batch_size
-    from mnasnet.search.blocks_file import write_blocks_file
-    from mnasnet.search.driver import search_space
-
-    target = settings.target if isinstance(settings.target, str) else ""
-    inner = target[len("table:") :] if target.startswith("table:") else target
-    if inner.startswith("vela:") and not inner[len("vela:") :].strip():
-        raise ConfigError(f"--target {target!r} names no accelerator; e.g. vela:ethos-u65-256")
-    cache = Path(settings.latency_cache).expanduser() if isinstance(settings.latency_cache, str) else None
-    if local and cache is not None and cache.exists() and not cache.is_dir():
-        raise ConfigError(f"--latency-cache {settings.latency_cache} is a file, not a folder")
-    resolution = settings.resolution
-    if resolution is not None and (
-        isinstance(resolution, bool) or not isinstance(resolution, int) or not 32 <= resolution <= MAX_RESOLUTION
-    ):
-        raise ConfigError(f"resolution must be an integer from 32 to {MAX_RESOLUTION}, got {resolution!r}")
-    proxy = settings.proxy_settings()
-    if local and str(proxy.data) not in BUILTIN_DATASETS:
-        resolve_dataset(proxy.data)  # a folder: must exist (built-ins are fetched by the trials)
-    check_batch_size(proxy.batch_size, "--batch-size")
-    space = search_space(settings)
-    candidate = space.decode([0] * len(space.decisions))
-    with tempfile.TemporaryDirectory(prefix="mnasnet-check-") as folder:
-        blocks = write_blocks_file(Path(folder) / "check.blocks", candidate)
-        seed = settings.seed if isinstance(settings.seed, int) and not isinstance(settings.seed, bool) else -1
-        if not 0 <= seed <= _MAX_SEED:
-            raise ConfigError(f"seed must be an integer from 0 to {_MAX_SEED}, got {settings.seed!r}")
-        proxy.train_config(blocks, candidate.resolution, Path(folder) / "train", seed)
-
-
 def _search(args: argparse.Namespace) -> int:
     from mnasnet.search.driver import run_search
 
     settings = settings_from_args(args)
-    check_before_search(settings, local=args.address is None)
-    try:
-        result = run_search(
-            settings, args.output, resume=args.resume, address=args.address, num_cpus=args.num_cpus,
-            progress=not args.quiet,
-        )  # fmt: skip
-    except ConnectionError as error:  # Ray's client raises the builtin when --address does not answer
-        if args.address is None:
-            raise
-        raise ConfigError(f"cannot reach the Ray cluster at --address {args.address} ({error})") from None
+    result = run_search(
+        settings, args.output, resume=args.resume, address=args.address, num_cpus=args.num_cpus,
+        progress=not args.quiet,
+    )  # fmt: skip
     ok = sum(trial["status"] == "ok" for trial in result.trials)
     print(f"{len(result.trials)} trials ({ok} ok) in {result.seconds / 60:.1f} min; {len(result.front)} on the front")
     for entry in result.front:

@@ -39,13 +39,16 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mnasnet.errors import MnasNetError
 from mnasnet.fileio import atomic_write_text
+from mnasnet.search.blocks_file import write_blocks_file
 from mnasnet.search.controllers import ControllerError, make_controller, replay
 from mnasnet.search.proxy import A1_WIDTHS, ProxySettings, a1_family, make_backend, train_candidate
 from mnasnet.search.reward import Reward
@@ -56,6 +59,8 @@ __all__ = ["SearchError", "SearchResult", "SearchSettings", "read_trials", "run_
 TRIALS_NAME = "trials.jsonl"
 STATE_NAME = "search.json"
 STATE_VERSION = 1
+MAX_TRIALS = 1_000_000
+MAX_SEED = 2**32 - 1  # what every generator a trial seeds (NumPy, PyTorch, Python's) takes
 # settings that may change when a search is resumed: they alter no finished trial
 _RESUMABLE_CHANGES = ("trials",)
 
@@ -118,22 +123,54 @@ class SearchSettings:
     def proxy_settings(self) -> ProxySettings:
         return ProxySettings.from_dict({**self.proxy, "data": self.data})
 
-    def check(self) -> None:
-        """Raises SearchError (or the piece's own error) for the first setting that cannot work."""
-        positive_ints = {"trials": self.trials, "parallel": self.parallel}
-        for name, value in positive_ints.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SearchError(f"{name} must be a positive integer, got {value!r}")
+    def check(self, *, local: bool = True, proxy_data: bool = True) -> None:
+        """Raises SearchError (or the piece's own error) for the first setting that cannot work.
+
+        Everything that would otherwise fail inside every trial is refused here, before Ray starts or
+        the run folder is touched: a missing proxy dataset, a proxy training setting (lr, device,
+        batch size) that cannot work, an absurd resolution or seed, a latency cache path that is a
+        file. Paths are checked only when ``local`` (an embedded Ray): a cluster's workers may see
+        folders this machine does not. ``proxy_data=False`` skips the dataset (a custom trainer may read none).
+        """
+        from mnasnet.data.datasets import BUILTIN_DATASETS, resolve_dataset
+        from mnasnet.limits import MAX_RESOLUTION, check_batch_size
+
+        positive_ints = {"trials": (self.trials, MAX_TRIALS), "parallel": (self.parallel, MAX_TRIALS)}
+        for name, (value, limit) in positive_ints.items():
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                raise SearchError(f"{name} must be an integer from 1 to {limit}, got {value!r}")
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise SearchError(f"max_retries must be a non-negative integer, got {self.max_retries!r}")
-        if not (self.cpus_per_trial > 0 and self.gpus_per_trial >= 0):
-            raise SearchError("cpus_per_trial must be positive and gpus_per_trial non-negative")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise SearchError(f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}")
+        resources = (self.cpus_per_trial, self.gpus_per_trial)
+        if any(
+            isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) for v in resources
+        ) or not (self.cpus_per_trial > 0 and self.gpus_per_trial >= 0):
+            raise SearchError("cpus_per_trial must be positive and gpus_per_trial non-negative (finite numbers)")
         if any(not (isinstance(w, int | float) and w > 0) for w in self.reference_widths):
             raise SearchError(f"reference widths must be positive numbers, got {list(self.reference_widths)}")
+        resolution = self.resolution
+        if resolution is not None and (
+            isinstance(resolution, bool) or not isinstance(resolution, int) or not 32 <= resolution <= MAX_RESOLUTION
+        ):
+            raise SearchError(f"resolution must be an integer from 32 to {MAX_RESOLUTION}, got {resolution!r}")
+        cache = Path(self.latency_cache).expanduser() if isinstance(self.latency_cache, str) else None
+        if local and cache is not None and cache.exists() and not cache.is_dir():
+            raise SearchError(f"latency cache {self.latency_cache} is a file, not a folder")
         Reward(self.reward, self.latency_ms)
-        self.proxy_settings()
+        proxy = self.proxy_settings()
+        if local and proxy_data and str(proxy.data) not in BUILTIN_DATASETS:
+            resolve_dataset(proxy.data)  # a folder: must exist (built-ins are fetched by the trials)
+        check_batch_size(proxy.batch_size, "the proxy's batch_size")
         make_backend(self.target, cache_dir=self.latency_cache)
-        make_controller(self.controller, search_space(self), self.seed, **self.controller_options)
+        space = search_space(self)
+        make_controller(self.controller, space, self.seed, **self.controller_options)
+        # one candidate's training settings, validated as a trial would build them
+        candidate = space.decode([0] * len(space.decisions))
+        with tempfile.TemporaryDirectory(prefix="mnasnet-check-") as folder:
+            blocks = write_blocks_file(Path(folder) / "check.blocks", candidate)
+            proxy.train_config(blocks, candidate.resolution, Path(folder) / "train", self.seed)
 
 
 def search_space(settings: SearchSettings) -> SearchSpace:
@@ -275,7 +312,14 @@ def _init_ray(address: str | None, num_cpus: int | None, resources: dict[str, fl
     if address is None:
         # embedded, this machine is the board's host: one measurement at a time per resource unit
         options |= {"num_cpus": num_cpus, "resources": {k: float(v) for k, v in resources.items()}}
-    ray.init(address=address, **options)
+    try:
+        with warnings.catch_warnings():  # its time-out warning would only repeat the error below
+            warnings.filterwarnings("ignore", message="Ray Client connection timed out")
+            ray.init(address=address, **options)
+    except ConnectionError as error:  # Ray's client raises the builtin when the address does not answer
+        if address is None:
+            raise
+        raise SearchError(f"cannot reach the Ray cluster at {address} ({error})") from None
     return True
 
 
@@ -410,6 +454,8 @@ class _Driver:
         record = {**trial, "status": train["status"], "accuracy": train.get("accuracy")}
         record |= {"latency_ms": latency["ms"], "feasible": latency["feasible"], "error": train.get("error")}
         record |= {key: train.get(key) for key in ("params", "macs", "epochs", "seconds")}
+        if train.get("accuracies") and len(train["accuracies"]) > 1:
+            record["accuracies"] = train["accuracies"]
         if train.get("checkpoint"):
             record["checkpoint"] = os.path.relpath(train["checkpoint"], self.run_dir)
         if record["status"] == "ok" and latency["ms"] is None:
@@ -468,17 +514,24 @@ def run_search(
     from mnasnet.engine.lock import RunLock
     from mnasnet.search.report import write_outputs
 
-    settings.check()
+    settings.check(local=address is None, proxy_data=trainer is None)
     run_dir = Path(output)
     if run_dir.exists() and not run_dir.is_dir():
         raise SearchError(f"--output {run_dir} is a file, not a folder")
     if resume and not (run_dir / STATE_NAME).is_file():
         raise SearchError(f"{run_dir} holds no search to resume ({STATE_NAME} is missing)")
+    # Ray first: a cluster that does not answer must not leave an empty run folder behind
+    started_ray = _init_ray(address, num_cpus, settings.latency_resources)
     lock = RunLock(run_dir)
-    lock.acquire()
-    started_ray = False
     try:
-        started_ray = _init_ray(address, num_cpus, settings.latency_resources)
+        lock.acquire()
+    except BaseException:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+        raise
+    try:
         driver = _Driver(settings, run_dir, trainer or train_candidate, progress)
         driver.start(resume)
         driver.state.save()

@@ -62,6 +62,9 @@ __all__ = [
 ]
 
 A1_WIDTHS = (0.35, 0.5, 0.75, 1.0)
+MAX_REPEATS = 100
+_REPEAT_SEED_STRIDE = 1_000_003  # a repeat's seed: far from every other trial's (theirs differ by the trial id)
+_SEED_LIMIT = 2**32  # what every generator a training seeds takes
 TARGETS = ("vela:ACCELERATOR", "litert-int8", "litert-fp32", "onnxruntime", "macs", "table:TARGET", 'command:"..."')
 
 
@@ -83,6 +86,13 @@ class ProxySettings:
     ema_decay: float = 0.0  # an average of the weights (and BN statistics) scored instead of the last ones
     final_eval_only: bool = True  # score the last epoch only: evaluating the large validation split costs time
     device: str = "auto"  # under Ray, a trial without --gpus-per-trial sees no GPU
+    # Trainings per candidate under different seeds, scored by their mean: one short training's
+    # seed-to-seed std (about 4 points here) shrinks by sqrt(repeats), at repeats times the cost.
+    repeats: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or not 1 <= self.repeats <= MAX_REPEATS:
+            raise ConfigError(f"repeats must be an integer from 1 to {MAX_REPEATS}, got {self.repeats!r}")
 
     def train_config(self, blocks_file: Path, resolution: int, output: Path, seed: int):
         """The :class:`~mnasnet.train.config.TrainConfig` of one proxy training."""
@@ -149,9 +159,13 @@ def candidate_profile(candidate: Candidate, num_classes: int = 1000) -> dict[str
 def train_candidate(candidate: Candidate, trial_dir: Path, proxy: ProxySettings, seed: int) -> dict[str, Any]:
     """Trains ``candidate`` with the proxy schedule into ``trial_dir`` (emptied first: a retried trial starts over).
 
+    With ``proxy.repeats`` > 1 the candidate is trained that many times, under ``seed`` and seeds derived
+    from it, into ``train``, ``train-2``, ...; its score is their mean.
+
     Returns:
-        ``accuracy`` (the best validation top-1 as a fraction), ``checkpoint`` (its best
-        weights), ``params`` and ``macs`` (with the dataset's classifier), ``epochs``, ``seconds``.
+        ``accuracy`` (the validation top-1 as a fraction; the mean over repeats), ``accuracies`` (one
+        per repeat), ``checkpoint`` (the weights of the best-scoring repeat), ``params`` and ``macs``
+        (with the dataset's classifier), ``epochs``, ``seconds`` (all repeats).
 
     Raises:
         whatever training raises (the driver records it as the trial's failure).
@@ -163,19 +177,26 @@ def train_candidate(candidate: Candidate, trial_dir: Path, proxy: ProxySettings,
     shutil.rmtree(trial_dir, ignore_errors=True)
     trial_dir.mkdir(parents=True)
     blocks_file = write_blocks_file(trial_dir / "arch.blocks", candidate)
-    config = proxy.train_config(blocks_file, candidate.resolution, trial_dir / "train", seed)
     start = time.perf_counter()
-    result = train(config, progress=False)
+    results = []
+    for index in range(proxy.repeats):
+        output = trial_dir / ("train" if index == 0 else f"train-{index + 1}")
+        repeat_seed = (seed + index * _REPEAT_SEED_STRIDE) % _SEED_LIMIT
+        result = train(proxy.train_config(blocks_file, candidate.resolution, output, repeat_seed), progress=False)
+        if result.best_top1 is None:
+            raise ConfigError("the proxy training ended before its first evaluation")
+        results.append(result)
     seconds = time.perf_counter() - start
-    if result.best_top1 is None:
-        raise ConfigError("the proxy training ended before its first evaluation")
-    profile = profile_model(result.model, candidate.resolution)
+    accuracies = [result.best_top1 / 100.0 for result in results]
+    best = results[accuracies.index(max(accuracies))]
+    profile = profile_model(best.model, candidate.resolution)
     return {
-        "accuracy": result.best_top1 / 100.0,
-        "checkpoint": str(result.run_dir / "best.safetensors"),
+        "accuracy": sum(accuracies) / len(accuracies),
+        "accuracies": accuracies,
+        "checkpoint": str(best.run_dir / "best.safetensors"),
         "params": int(profile.params),
         "macs": int(profile.macs),
-        "epochs": result.epoch,
+        "epochs": best.epoch,
         "seconds": round(seconds, 3),
     }
 
@@ -220,7 +241,9 @@ def make_backend(target: str, *, cache_dir: str | os.PathLike | None = None) -> 
         raise LatencyError(f"a latency target is one of {', '.join(TARGETS)}; got {target!r}")
     kind, _, rest = target.partition(":")
     if kind == "vela":
-        return VelaBackend(rest or "ethos-u55-128", cache_dir=cache_dir)
+        if not rest.strip():
+            raise LatencyError(f"latency target {target!r} names no accelerator; e.g. vela:ethos-u65-256")
+        return VelaBackend(rest, cache_dir=cache_dir)
     if kind == "table" and rest:
         return LookupTableBackend(make_backend(rest, cache_dir=cache_dir))
     if kind == "command" and rest:
