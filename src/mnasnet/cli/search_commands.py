@@ -135,6 +135,7 @@ def register(subparsers) -> None:
     proxy.add_argument(
         "--repeats",
         type=positive_int,
+        metavar="N",
         default=keep,
         help="trainings per candidate under different seeds, scored by their mean: less noise, N times the cost"
         " (default: 1)",

@@ -8,13 +8,15 @@ and a resolution where an Ethos-U NPU's estimated latencies differ by a factor o
 across the A1 width family. Trained channels-last (half the step time of the default layout
 here), one candidate costs about 15 (A1 x0.35) to 40 (x1.0) CPU-seconds on one thread.
 
-Measured with three seeds as ``benchmarks/search.py``'s ``spread`` stage does, mean (std) top-1:
-A1 x0.35 48.4 (4.1), x0.5 56.7 (2.8), x0.75 63.4 (1.9), x1.0 62.9 (4.4) (before channels-last).
-Accuracy rises with width by more than the seed-to-seed spread from x0.35 to x0.75; x0.75 and
-x1.0 are not told apart at this budget. With ``epochs=3`` (channels-last) the other end
-separates instead: x0.35 64.9 (2.9), x0.5 65.0 (4.2), x0.75 71.2 (3.3), x1.0 74.5 (0.9).
-The previous proxy (``photos``: 400 validation patches from one stripe per photo, 4 epochs,
-best epoch) had a spread of up to 8 points, larger than any width step.
+Its weakness is noise. One training's top-1 varies by 4 to 5 points from seed to seed (A1 over six
+seeds, mean (std): x0.35 52.2 (4.6), x0.5 57.7 (3.4), x0.75 63.5 (5.5), x1.0 61.9 (5.7)), about as much
+as one width step. Changing the schedule did not shrink it (x0.5, six seeds: lr 0.02 std 2.7 but
+7 points lower; lr 0.1 9.6; EMA weights 3.2; 4 epochs 4.5; a milder crop without label smoothing
+5.5); four times as many, smaller held-out cells steadied x1.0 (2.0) but not x0.5 (4.5), so
+the dataset is unchanged. What does shrink it is averaging:
+``repeats=N`` trains each candidate under N seeds and scores their mean, dividing the std by about
+sqrt(N) at N times the cost. With ``repeats=2`` (three seed pairs each): x0.35 52.1 (3.2), x0.5 58.5
+(2.3), x0.75 60.0 (4.1), x1.0 66.7 (0.4).
 Rank stability (the ``rank`` stage: the family and four random samples of the space, one seed):
 Kendall tau 0.71 (p 0.014) between this proxy and a training twice as long.
 
