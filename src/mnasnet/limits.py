@@ -37,3 +37,9 @@ def check_batch_size(batch_size: object, name: str = "batch size") -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise ConfigError(f"{name} must be an integer from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}")
     return batch_size
+
+
+# Searches (search/)
+MAX_SEED = 2**32 - 1  # what every generator a training seeds (NumPy, PyTorch, Python's) takes
+MAX_TRIALS = 1_000_000
+MAX_PROXY_REPEATS = 100  # trainings per candidate

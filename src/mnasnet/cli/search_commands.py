@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mnasnet.cli.options import positive_int
 from mnasnet.errors import ConfigError
+from mnasnet.limits import MAX_SEED
 
 # flag destination -> SearchSettings field (the proxy's own settings are nested under "proxy")
 _SETTINGS = ("data", "space", "resolution", "target", "latency_ms", "reward", "trials", "controller", "seed",
@@ -36,16 +37,13 @@ def _non_negative_number(text: str) -> float:
     return _number(text, zero=True)
 
 
-_MAX_SEED = 2**32 - 1  # what every generator a trial seeds (NumPy, PyTorch, Python's) takes
-
-
 def _seed(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         value = -1
-    if not 0 <= value <= _MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {_MAX_SEED}, got {text!r}")
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {MAX_SEED}, got {text!r}")
     return value
 
 

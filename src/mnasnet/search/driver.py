@@ -48,6 +48,7 @@ from typing import Any
 
 from mnasnet.errors import MnasNetError
 from mnasnet.fileio import atomic_write_text
+from mnasnet.limits import MAX_SEED, MAX_TRIALS
 from mnasnet.search.blocks_file import write_blocks_file
 from mnasnet.search.controllers import ControllerError, make_controller, replay
 from mnasnet.search.proxy import A1_WIDTHS, ProxySettings, a1_family, make_backend, train_candidate
@@ -59,8 +60,6 @@ __all__ = ["SearchError", "SearchResult", "SearchSettings", "read_trials", "run_
 TRIALS_NAME = "trials.jsonl"
 STATE_NAME = "search.json"
 STATE_VERSION = 1
-MAX_TRIALS = 1_000_000
-MAX_SEED = 2**32 - 1  # what every generator a trial seeds (NumPy, PyTorch, Python's) takes
 # settings that may change when a search is resumed: they alter no finished trial
 _RESUMABLE_CHANGES = ("trials",)
 
@@ -522,29 +521,20 @@ def run_search(
         raise SearchError(f"{run_dir} holds no search to resume ({STATE_NAME} is missing)")
     # Ray first: a cluster that does not answer must not leave an empty run folder behind
     started_ray = _init_ray(address, num_cpus, settings.latency_resources)
-    lock = RunLock(run_dir)
     try:
-        lock.acquire()
-    except BaseException:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
-        raise
-    try:
-        driver = _Driver(settings, run_dir, trainer or train_candidate, progress)
-        driver.start(resume)
-        driver.state.save()
-        driver.run()
-        front = write_outputs(run_dir)
-        seconds = time.perf_counter() - driver.started
-        return SearchResult(run_dir, driver.finished, driver.references, front, seconds)
+        with RunLock(run_dir):
+            driver = _Driver(settings, run_dir, trainer or train_candidate, progress)
+            driver.start(resume)
+            driver.state.save()
+            driver.run()
+            front = write_outputs(run_dir)
+            seconds = time.perf_counter() - driver.started
+            return SearchResult(run_dir, driver.finished, driver.references, front, seconds)
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
-        lock.release()
 
 
 def run_small_search(

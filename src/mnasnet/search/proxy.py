@@ -39,6 +39,7 @@ from typing import Any
 
 from mnasnet.arch import ARCHS, format_block, parse_arch, scale_blocks
 from mnasnet.errors import ConfigError
+from mnasnet.limits import MAX_PROXY_REPEATS, MAX_SEED
 from mnasnet.search.blocks_file import write_blocks_file
 from mnasnet.search.latency import (
     CommandBackend,
@@ -64,9 +65,7 @@ __all__ = [
 ]
 
 A1_WIDTHS = (0.35, 0.5, 0.75, 1.0)
-MAX_REPEATS = 100
 _REPEAT_SEED_STRIDE = 1_000_003  # a repeat's seed: far from every other trial's (theirs differ by the trial id)
-_SEED_LIMIT = 2**32  # what every generator a training seeds takes
 TARGETS = ("vela:ACCELERATOR", "litert-int8", "litert-fp32", "onnxruntime", "macs", "table:TARGET", 'command:"..."')
 
 
@@ -93,8 +92,9 @@ class ProxySettings:
     repeats: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or not 1 <= self.repeats <= MAX_REPEATS:
-            raise ConfigError(f"repeats must be an integer from 1 to {MAX_REPEATS}, got {self.repeats!r}")
+        repeats = self.repeats
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= MAX_PROXY_REPEATS:
+            raise ConfigError(f"repeats must be an integer from 1 to {MAX_PROXY_REPEATS}, got {repeats!r}")
 
     def train_config(self, blocks_file: Path, resolution: int, output: Path, seed: int):
         """The :class:`~mnasnet.train.config.TrainConfig` of one proxy training."""
@@ -183,7 +183,7 @@ def train_candidate(candidate: Candidate, trial_dir: Path, proxy: ProxySettings,
     results = []
     for index in range(proxy.repeats):
         output = trial_dir / ("train" if index == 0 else f"train-{index + 1}")
-        repeat_seed = (seed + index * _REPEAT_SEED_STRIDE) % _SEED_LIMIT
+        repeat_seed = (seed + index * _REPEAT_SEED_STRIDE) % (MAX_SEED + 1)
         result = train(proxy.train_config(blocks_file, candidate.resolution, output, repeat_seed), progress=False)
         if result.best_top1 is None:
             raise ConfigError("the proxy training ended before its first evaluation")
